@@ -1,0 +1,1 @@
+"""Training backends, model registries and deployers behind the ports in tuneplane.ports."""

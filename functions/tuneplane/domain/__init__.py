@@ -1,0 +1,1 @@
+"""Pure domain logic: ids and names, records, the job state machine, validation. No I/O here."""

@@ -1,0 +1,1 @@
+"""Storage adapters behind the ports in tuneplane.ports (SQLite + directory locally; Azure Table + Blob)."""
