@@ -163,6 +163,35 @@ class ContentStore(Protocol):
 # a local inference server; the Azure adapters use azure-ai-ml.
 
 
+class BackendError(Exception):
+    """A training/registry/deployment backend failed; ``code`` and ``message`` go on the job."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class BackendUnavailable(BackendError):
+    """Transient (network, 429, 5xx) and the retry budget is spent: change nothing, retry next pass."""
+
+
+class CapacityUnavailable(BackendError):
+    """Quota or capacity refused the run: the job stays ``queued`` with an event, retried later."""
+
+
+class PermanentBackendError(BackendError):
+    """Retrying cannot help (bad environment, unknown compute, unregistrable model): fail the job."""
+
+
+class BackendMisconfigured(BackendError):
+    """A setting (credential, workspace, endpoint) is wrong; the API answers 503 naming ``setting``."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__("backend_misconfigured", message)
+        self.setting = setting
+
+
 class RunState(Protocol):
     """What a TrainingBackend observed about one job's run."""
 

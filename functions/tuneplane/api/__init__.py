@@ -1,0 +1,1 @@
+"""HTTP layer: thin routers (validate, call the service, serialise), errors and auth."""

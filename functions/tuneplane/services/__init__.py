@@ -1,0 +1,1 @@
+"""Use cases the routers (and later the reconciler) call; no HTTP here."""

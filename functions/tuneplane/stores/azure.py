@@ -1,0 +1,72 @@
+"""The Azure side of the wiring (``TUNEPLANE_BACKEND=azure``): Table and Blob stores, and the
+Azure ML training backend, registry and deployer for the reconciler.
+
+Settings are the ``TUNEPLANE_AZURE_*`` variables of ``tuneplane.backends.azure_config``. Nothing
+here talks to Azure when it is built except the stores, which create their tables and container
+if missing; the MLClient makes its first call on the reconciler's first pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from tuneplane.backends.azure_config import AzureSettings
+
+
+def build_azure_adapters(settings: Any, azure: AzureSettings | None = None) -> Any:
+    """The stores on Table Storage and Blob Storage (``settings`` is tuneplane.settings.Settings)."""
+    from tuneplane.stores.azure_blob import AzureBlobContentStore
+    from tuneplane.stores.azure_tables import AzureFileStore, AzureJobStore, AzureKeyStore, AzureTables
+    from tuneplane.wiring import Adapters
+
+    azure = azure or AzureSettings()
+    account = azure.storage_account()
+    tables = AzureTables(account, azure.table_prefix)
+    return Adapters(
+        files=AzureFileStore(tables),
+        jobs=AzureJobStore(tables),
+        keys=AzureKeyStore(tables),
+        contents=AzureBlobContentStore(account, azure.container),
+    )
+
+
+class EveryCompute(Mapping):
+    """The reconciler's ``backends`` by compute name: on Azure one backend serves them all
+    ("serverless", any cluster name, and "local", which means "choose for me" there)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def __getitem__(self, compute: str) -> Any:
+        return self._backend
+
+    def get(self, compute: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._backend
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["serverless"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+def build_azure_context(settings: Any, adapters: Any, azure: AzureSettings | None = None, ml_client: Any = None) -> Any:
+    """The reconciler's context on Azure (the timer trigger and ``tuneplane serve`` with the
+    Azure backend both use it). ``ml_client`` is for tests, which pass a mocked one."""
+    from tuneplane.backends.azure_ml import AzureTrainingBackend
+    from tuneplane.backends.azure_ml_deploy import AzureDeployer, AzureModelRegistry
+    from tuneplane.reconciler import ReconcileContext
+
+    azure = azure or AzureSettings()
+    ml = ml_client if ml_client is not None else azure.ml_client()
+    backend = AzureTrainingBackend(ml, adapters.contents, azure)
+    return ReconcileContext(
+        jobs=adapters.jobs,
+        files=adapters.files,
+        contents=adapters.contents,
+        backends=EveryCompute(backend),
+        registry=AzureModelRegistry(ml, azure),
+        deployer=AzureDeployer(ml, adapters.contents, azure) if azure.endpoint else None,
+        checkpoint_every_n_steps=getattr(settings, "checkpoint_every_n_steps", None),
+    )

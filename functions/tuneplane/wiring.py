@@ -1,0 +1,79 @@
+"""Build the port adapters from settings: the one place that knows which backend is in use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tuneplane.ports import ContentStore, FileStore, JobStore, KeyStore
+from tuneplane.settings import Settings
+
+
+@dataclass
+class Adapters:
+    files: FileStore
+    jobs: JobStore
+    keys: KeyStore
+    contents: ContentStore
+    closer: Any = None  # called on shutdown to release connections
+
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer()
+
+
+def build_adapters(settings: Settings) -> Adapters:
+    if settings.backend == "local":
+        from tuneplane.stores.localdir import LocalContentStore
+        from tuneplane.stores.sqlite import SqliteDatabase, SqliteFileStore, SqliteJobStore, SqliteKeyStore
+
+        db = SqliteDatabase(settings.database_path)
+        return Adapters(
+            files=SqliteFileStore(db),
+            jobs=SqliteJobStore(db),
+            keys=SqliteKeyStore(db),
+            contents=LocalContentStore(settings.contents_dir),
+            closer=db.close,
+        )
+    if settings.backend == "azure":
+        # Imported lazily: the Azure SDKs load only when this backend is chosen.
+        from tuneplane.stores.azure import build_azure_adapters
+
+        return build_azure_adapters(settings)
+    raise ValueError(f"unknown TUNEPLANE_BACKEND {settings.backend!r}")
+
+
+@dataclass
+class Serving:
+    """Local deployments, the model registry they read, and webhooks (with their delivery thread)."""
+
+    deployer: Any  # tuneplane.backends.local_deployer.LocalDeployer
+    registry: Any  # tuneplane.backends.local_registry.LocalModelRegistry
+    webhooks: Any  # tuneplane.webhooks.WebhookStore
+    dispatcher: Any  # tuneplane.webhooks.WebhookDispatcher
+
+    def start(self) -> None:
+        self.deployer.recover()
+        self.dispatcher.start()
+
+    def close(self) -> None:
+        self.dispatcher.stop()
+        self.deployer.close()
+        self.webhooks.close()
+
+
+def build_serving(settings: Settings, adapters: Adapters) -> Serving:
+    """Also wraps ``adapters.jobs`` so that a job's terminal write queues its webhook event first;
+    call it before anything else takes ``adapters.jobs``."""
+    from tuneplane.backends.local_deployer import LocalDeployer
+    from tuneplane.backends.local_registry import LocalModelRegistry
+    from tuneplane.webhooks import WebhookDispatcher, WebhookJobStore, WebhookStore
+
+    webhooks = WebhookStore(settings.home / "webhooks.db")
+    inner = adapters.jobs.inner if isinstance(adapters.jobs, WebhookJobStore) else adapters.jobs
+    dispatcher = WebhookDispatcher(webhooks, inner, retry_base_seconds=settings.webhook_retry_base_seconds,
+                                   max_attempts=settings.webhook_max_attempts)
+    adapters.jobs = WebhookJobStore(inner, webhooks, on_event=dispatcher.nudge)
+    deployer = LocalDeployer(settings.home / "deployments", device=settings.serving_device,
+                             startup_timeout=settings.serving_startup_timeout)
+    return Serving(deployer, LocalModelRegistry(settings.home / "registry"), webhooks, dispatcher)

@@ -1,0 +1,89 @@
+"""Load the base model and tokenizer and wrap the model for the spec's peft method."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .spec import TrainingSpec
+
+
+def compute_dtype(spec: TrainingSpec) -> torch.dtype:
+    if spec.precision == "bf16":
+        return torch.bfloat16
+    if spec.precision == "fp16":
+        return torch.float16
+    if spec.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def attention_implementation() -> str:
+    # flash-attention varlen keeps packed documents apart on GPU; SDPA gets a block-diagonal mask.
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        # Padding positions carry no loss and are masked, so any existing token will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: TrainingSpec, model_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    dtype = compute_dtype(spec)
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attention_implementation()}
+    if spec.peft.type == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+        else:
+            kwargs["device_map"] = {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    # A KV cache during training would also switch off transformers' packed-sequence masking.
+    model.config.use_cache = False
+    if spec.peft.type == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if spec.peft.type == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=spec.peft.r,
+        lora_alpha=spec.peft.alpha,
+        lora_dropout=spec.peft.dropout,
+        target_modules=spec.peft.target_modules,
+        use_dora=spec.peft.type == "dora",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. a target module that does not exist in this model
+        raise ModelSpecError(f"spec field peft.target_modules: {exc}") from exc
+
+
+class ModelSpecError(ValueError):
+    """The spec asks for something this model cannot do (exit code 2)."""
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total}
