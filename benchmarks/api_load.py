@@ -119,17 +119,21 @@ async def drive(port: int, requests: list[bytes], clients: int, seconds: float) 
     }
 
 
-async def page_cost(port: int, key: str, paths: list[str], rounds: int) -> float:
-    """Median latency (ms) of one list page, one request at a time."""
-    conn = await Connection.open(port)
-    samples = []
-    for r in range(rounds):
-        req = request_bytes(paths[r % len(paths)], key)
-        t0 = time.perf_counter()
-        assert await conn.get(req) == 200
-        samples.append(time.perf_counter() - t0)
-    conn.close()
-    return 1000 * statistics.median(samples)
+async def page_costs(port: int, series: dict[str, tuple[str, list[str]]], rounds: int) -> dict[str, float]:
+    """Median latency (ms) of one list page per series, one request at a time. The series take
+    turns request by request, so a burst of load from elsewhere hits them all alike."""
+    conns = {name: await Connection.open(port) for name in series}
+    samples: dict[str, list[float]] = {name: [] for name in series}
+    for r in range(rounds + 20):
+        for name, (key, paths) in series.items():
+            req = request_bytes(paths[r % len(paths)], key)
+            t0 = time.perf_counter()
+            assert await conns[name].get(req) == 200
+            if r >= 20:  # the first rounds warm caches up
+                samples[name].append(time.perf_counter() - t0)
+    for conn in conns.values():
+        conn.close()
+    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
 
 
 def store_page_cost(home: Path, project: str, cursors: list[str | None], rounds: int) -> float:
@@ -147,8 +151,28 @@ def store_page_cost(home: Path, project: str, cursors: list[str | None], rounds:
     return 1000 * statistics.median(samples)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_phase(port: int, server_pid: int, requests: list[bytes], clients: int, seconds: float) -> dict:
+    """Run one load phase and add what it cost in CPU: on a shared machine wall-clock throughput
+    depends on the neighbours, CPU per request does not."""
+    server_before, client_before = cpu_seconds(server_pid), time.process_time()
+    result = asyncio.run(drive(port, requests, clients, seconds))
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_before, time.process_time() - client_before
+    result["server_cpu_us_per_req"] = 1e6 * server_cpu / result["requests"]
+    result["client_cpu_us_per_req"] = 1e6 * client_cpu / result["requests"]
+    # Includes the warm-up requests and connection setup, so this slightly overstates the cost.
+    result["server_capacity_req_per_core_s"] = 1e6 / result["server_cpu_us_per_req"]
+    return result
+
+
 def start_server(home: Path, port: int) -> subprocess.Popen:
-    env = os.environ | {"TUNEPLANE_HOME": str(home), "TUNEPLANE_KEY_CACHE_SECONDS": "5"}
+    # The reconciler stays off: the seeded jobs are data to read, not work to run.
+    env = os.environ | {"TUNEPLANE_HOME": str(home), "TUNEPLANE_KEY_CACHE_SECONDS": "5", "TUNEPLANE_RECONCILER": "false"}
     env.pop("TUNEPLANE_API_KEY", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "tuneplane.app:create_app", "--factory", "--host", "127.0.0.1",
@@ -203,16 +227,24 @@ def main() -> None:
             sample = random.Random(0).sample(ids["small"], min(50, len(ids["small"])))
             retrieve = [request_bytes(f"/v1/fine_tuning/jobs/{i}", KEY) for i in sample]
             listing = [request_bytes("/v1/fine_tuning/jobs?limit=20", KEY)]
+            load_before = os.getloadavg()[0]
             results = {
-                "retrieve": asyncio.run(drive(port, retrieve, args.clients, args.seconds)),
-                "list": asyncio.run(drive(port, listing, args.clients, args.seconds)),
+                "retrieve": load_phase(port, server.pid, retrieve, args.clients, args.seconds),
+                "list": load_phase(port, server.pid, listing, args.clients, args.seconds),
             }
+            load_after = os.getloadavg()[0]
             # Page cost: first pages and pages deep inside the big project, against the small one.
             big_cursors = [None] + [ids["big"][j] for j in (len(ids["big"]) // 2, len(ids["big"]) // 10, 25)]
             small_cursors = [None, ids["small"][len(ids["small"]) // 2]]
             to_path = lambda c: "/v1/fine_tuning/jobs?limit=20" + (f"&after={c}" if c else "")  # noqa: E731
-            http_small = asyncio.run(page_cost(port, KEY, [to_path(c) for c in small_cursors], 400))
-            http_big = asyncio.run(page_cost(port, KEY + "-big", [to_path(c) for c in big_cursors], 400))
+            costs = asyncio.run(
+                page_costs(
+                    port,
+                    {"small": (KEY, [to_path(c) for c in small_cursors]), "big": (KEY + "-big", [to_path(c) for c in big_cursors])},
+                    500,
+                )
+            )
+            http_small, http_big = costs["small"], costs["big"]
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -223,6 +255,8 @@ def main() -> None:
         "clients": args.clients,
         "seconds": args.seconds,
         "seed_seconds": round(seeded, 1),
+        "cpus": os.cpu_count(),
+        "load_average_1m": [round(load_before, 2), round(load_after, 2)],
         **{f"{name}_{k}": round(v, 2) for name, r in results.items() for k, v in r.items()},
         f"list_page_ms_at_{args.small}_jobs": round(http_small, 3),
         f"list_page_ms_at_{args.big}_jobs": round(http_big, 3),
@@ -235,10 +269,18 @@ def main() -> None:
         print(json.dumps(report))
         return
     print(f"tuneplane API load: {args.clients} clients x {args.seconds:g} s, one uvicorn process (seeded in {seeded:.1f} s)")
+    print(
+        f"  machine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before / {load_after:.1f} after"
+        " (anything above the CPU count means other processes took part of the CPU)"
+    )
     for name, r in results.items():
         print(
             f"  {name:8s}  {r['req_per_s']:8.0f} req/s   p50 {r['p50_ms']:6.2f} ms   p99 {r['p99_ms']:6.2f} ms"
             f"   ({r['requests']} requests, {r['errors']} errors)"
+        )
+        print(
+            f"            server CPU {r['server_cpu_us_per_req']:.0f} us/request (= {r['server_capacity_req_per_core_s']:.0f} req/s"
+            f" per free core), load generator CPU {r['client_cpu_us_per_req']:.0f} us/request"
         )
     print(
         f"  list page (limit 20), one client: {http_small:.2f} ms at {args.small} jobs, {http_big:.2f} ms at {args.big} jobs"

@@ -43,7 +43,7 @@ def make_random_adapter(base_dir: Path, out_dir: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False)
+                        task_type="CAUSAL_LM", init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(str(out_dir))
     AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(str(out_dir))
     return out_dir
@@ -152,6 +152,70 @@ def measure_adapter_load_and_switch(base_dir: Path, adapters: list[Path], *, rep
     }
 
 
+def measure_create_to_first_token(base_model: str = "tiny-random-llama", *, n_epochs: int = 1) -> dict[str, Any]:
+    """Seconds from ``fine_tuning.jobs.create`` to the first streamed chat token of the fine-tuned model,
+    through a real control plane (uvicorn), the real trainer and the local deployment, with the
+    official openai client. The clock starts when the create call is sent (the file is uploaded before)."""
+    import httpx
+    import openai
+
+    with tempfile.TemporaryDirectory(prefix="tuneplane-bench-e2e-") as home, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        key = "tp-bench-key"
+        env = os.environ | {"TUNEPLANE_HOME": home, "TUNEPLANE_API_KEY": key, "TUNEPLANE_SERVING_DEVICE": "cpu"}
+        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "tuneplane.app:create_app", "--factory",
+                                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the control plane did not start")
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, timeout=600, max_retries=0)
+            lines = [json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"},
+                                              {"role": "assistant", "content": f"Answer {i}."}]}) for i in range(12)]
+            upload = client.files.create(file=("bench.jsonl", ("\n".join(lines) + "\n").encode()), purpose="fine-tune")
+            marks: dict[str, float] = {}
+            started = time.perf_counter()
+            job = client.fine_tuning.jobs.create(
+                model=base_model, training_file=upload.id, seed=1,
+                method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": n_epochs, "batch_size": 4}}},
+            )
+            while True:
+                job = client.fine_tuning.jobs.retrieve(job.id)
+                if job.status == "running":
+                    marks.setdefault("running", time.perf_counter() - started)
+                if job.status in ("failed", "cancelled"):
+                    raise RuntimeError(f"the benchmark job ended {job.status}: {job.error}")
+                if job.status == "succeeded" and ((job.model_extra or {}).get("deployment") or {}).get("status") == "succeeded":
+                    break
+                time.sleep(0.1)
+            marks["succeeded_and_deployed"] = time.perf_counter() - started
+            stream = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=8, temperature=0, stream=True,
+                                                    messages=[{"role": "user", "content": "Question 3?"}])
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    marks["first_chat_token"] = time.perf_counter() - started
+                    break
+            stream.close()
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    return {"base_model": base_model, "n_epochs": n_epochs, "examples": 12,
+            **{f"create_to_{name}_s": round(value, 2) for name, value in marks.items()}}
+
+
 class local_server:
     """The inference server as a real process (``python -m tuneplane_training.serving``)."""
 
@@ -201,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--e2e-model", default="tiny-random-llama",
+                        help="base model of the create-to-first-token run ('' skips it)")
     args = parser.parse_args(argv)
 
     from tuneplane_training.catalog import resolve_base_model
@@ -217,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                    repeats=args.repeats),
             "adapters": measure_adapter_load_and_switch(base_dir, adapters, repeats=args.repeats),
         }
+    if args.e2e_model:
+        results["create_to_first_token"] = measure_create_to_first_token(args.e2e_model)
     print(json.dumps(results, indent=2))
     ratios = results["generation"]["ratio_vs_plain"]
     print(f"tokens/s vs plain transformers generate: in-process {ratios['in_process']:.2f}x, "

@@ -19,7 +19,7 @@ from tuneplane.reconciler import ReconcileContext, reconcile_once
 log = logging.getLogger("tuneplane.reconciler")
 
 
-def build_local_context(settings: Any, adapters: Any, deployer: Any = None) -> ReconcileContext:
+def build_local_context(settings: Any, adapters: Any, deployer: Any = None, registry: Any = None) -> ReconcileContext:
     """The embedded default: the subprocess runner and the directory registry under TUNEPLANE_HOME."""
     from tuneplane.backends.local_registry import LocalModelRegistry
     from tuneplane.backends.local_runner import LocalRunner
@@ -34,7 +34,7 @@ def build_local_context(settings: Any, adapters: Any, deployer: Any = None) -> R
         files=adapters.files,
         contents=adapters.contents,
         backends={"local": runner},
-        registry=LocalModelRegistry(settings.home / "registry"),
+        registry=registry if registry is not None else LocalModelRegistry(settings.home / "registry"),
         deployer=deployer,
         checkpoint_every_n_steps=settings.checkpoint_every_n_steps,
     )

@@ -69,6 +69,10 @@ class ReconcileContext:
     checkpoint_every_n_steps: int | None = None
     clock: Callable[[], float] = time.time
     seen_events: dict[str, str] = field(default_factory=dict)  # job id -> newest event id appended
+    # Retraining's promotion gate (tuneplane.retraining.PromotionGate): decide(job, model) -> (deploy?, why)
+    # or None for an ordinary job; promoted(job, model, deployment) after a deployment.
+    promotion: Any = None
+    announced: set[tuple[str, int]] = field(default_factory=set)  # (job id, attempt) start events written
 
 
 @dataclass
@@ -160,9 +164,12 @@ def _reconcile(ctx: ReconcileContext, job: JobRecord) -> bool:
     if state.status == "running":
         attempt = getattr(state, "attempt", 0)
         started = getattr(state, "started_at", None) or ctx.clock()
-        if job.status != "running":
+        # Every attempt is announced once, also one that restarted after a server stop while the
+        # job stayed "running"; the id is derived from the attempt, so a repeat is a no-op.
+        if (job.id, attempt) not in ctx.announced:
             message = "Fine-tuning job started" if attempt <= 1 else f"Fine-tuning job resumed (attempt {attempt})"
             _event(ctx, job, message, stamp=_stamp(started), key=f"started\n{attempt}")
+            ctx.announced.add((job.id, attempt))
         return _update_progress(ctx, job, state, status="running")
     if state.status == "queued" and job.status == "paused":
         return _update(ctx, job, status="queued")
@@ -309,7 +316,14 @@ def _succeed(ctx: ReconcileContext, job: JobRecord, backend: TrainingBackend, st
                 )
     deployment = job.deployment
     if job.deploy and (deployment is None or deployment.get("status") in (None, "pending")):
-        deployment = _deploy(ctx, job, name, root_base, source_uri)
+        verdict = ctx.promotion.decide(job, name) if ctx.promotion is not None else None
+        if verdict is not None and not verdict[0]:
+            deployment = {"status": "not_promoted", "model": name, "reason": verdict[1]}
+            _event(ctx, job, f"Not deployed: {verdict[1]}", stamp=_stamp(finished, 1), key="not-promoted", level="warn")
+        else:
+            deployment = _deploy(ctx, job, name, root_base, source_uri)
+            if ctx.promotion is not None and verdict is not None:
+                ctx.promotion.promoted(job, name, deployment)
     _event(ctx, job, f"New fine-tuned model created: {name}", stamp=_stamp(finished, 1), key="model-created")
     # The trainer may have said so itself (its events are copied verbatim); say it once.
     if not any(e.message == COMPLETED for e in backend.read_events(job)):

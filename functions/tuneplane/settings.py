@@ -45,6 +45,28 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Delay before the first webhook retry; each further retry waits twice as long."
     )
     webhook_max_attempts: int = Field(8, ge=1, description="Webhook delivery attempts before giving up.")
+    # Event-driven retraining (tuneplane.retraining, tuneplane.inbox).
+    inbox_scan_seconds: float = Field(
+        2.0, ge=0, description="How often the inbox folder (or, on Azurite, the policies' containers) is scanned; 0 turns it off."
+    )
+    inbox_quiet_seconds: float = Field(
+        1.0, ge=0, description="How long an inbox file must be unchanged (and seen twice) before it is picked up."
+    )
+
+    # Local execution (tuneplane.reconciler, tuneplane.reconcile_loop, tuneplane.backends.local_runner).
+    reconciler: bool = Field(
+        True, description="Run the reconciler in the server; false leaves jobs as the API wrote them (API-only tests)."
+    )
+    reconcile_interval: float = Field(
+        2.0, gt=0, description="Seconds between reconciler passes; creating, cancelling, pausing or resuming a job starts one at once."
+    )
+    max_concurrent_jobs: int = Field(1, ge=1, description="Local training runs at once; further jobs wait in a FIFO queue.")
+    trainer_grace_seconds: float = Field(
+        30.0, gt=0, description="How long a stopping trainer may take to save its checkpoint before it is killed."
+    )
+    checkpoint_every_n_steps: int | None = Field(
+        None, ge=1, description="Also checkpoint every N optimizer steps (a checkpoint is always saved at each epoch's end)."
+    )
 
     @property
     def database_path(self) -> Path:

@@ -16,6 +16,7 @@ class Adapters:
     keys: KeyStore
     contents: ContentStore
     closer: Any = None  # called on shutdown to release connections
+    policies: Any = None  # tuneplane.retraining.PolicyStore; built by build_policy_store when unset
 
     def close(self) -> None:
         if self.closer is not None:
@@ -41,6 +42,22 @@ def build_adapters(settings: Settings) -> Adapters:
 
         return build_azure_adapters(settings)
     raise ValueError(f"unknown TUNEPLANE_BACKEND {settings.backend!r}")
+
+
+def build_policy_store(settings: Settings, adapters: Adapters) -> Any:
+    """Retraining policies beside the other stores: SQLite locally, Table Storage on Azure."""
+    if adapters.policies is None:
+        if settings.backend == "azure":
+            from tuneplane.stores.azure_policies import AzurePolicyStore
+
+            adapters.policies = AzurePolicyStore.from_settings()
+        else:
+            from tuneplane.stores.sqlite import SqliteDatabase
+            from tuneplane.stores.sqlite_policies import SqlitePolicyStore
+
+            db = getattr(adapters.files, "db", None)
+            adapters.policies = SqlitePolicyStore(db if isinstance(db, SqliteDatabase) else SqliteDatabase(settings.database_path))
+    return adapters.policies
 
 
 @dataclass

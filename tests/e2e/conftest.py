@@ -121,7 +121,9 @@ def stop(process: subprocess.Popen) -> None:
 
 def backend_settings(backend: str, home: Path) -> Settings:
     if backend == "local":
-        return Settings(backend="local", home=home)
+        # API tests move job states through the store themselves; no reconciler may race them (and
+        # none should train their jobs). tests/e2e/test_lifecycle_local.py runs it for real.
+        return Settings(backend="local", home=home, reconciler=False)
     raise ValueError(f"no e2e settings for backend {backend!r}")
 
 
@@ -136,6 +138,8 @@ def server(request, tmp_path_factory):
             "max_upload_bytes": MAX_UPLOAD_BYTES,
             "key_cache_seconds": 0.0,  # so a revoked key stops working at once
         }
+        # API tests check what the API itself writes (jobs stay queued): no reconciler runs them.
+        | ({"reconciler": False} if "reconciler" in Settings.model_fields else {})
     )
     process = start_server(settings)
     adapters = build_adapters(settings)

@@ -222,7 +222,7 @@ def test_cancel_a_running_job(service):
 
 def test_pause_then_resume_continues_from_the_checkpoint(service):
     client = service.client
-    job = create(client, upload(client), n_epochs=2, batch_size=1, suffix="pause")
+    job = create(client, upload(client), n_epochs=2, batch_size=2, suffix="pause")
     wait_for(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data))
     client.fine_tuning.jobs.pause(job.id)
     wait_for(lambda: status(client, job.id) == "paused", timeout=120)
@@ -238,7 +238,7 @@ def test_pause_then_resume_continues_from_the_checkpoint(service):
     # The second attempt trained only the steps after the checkpoint.
     resumed_at = messages.index("Fine-tuning job resumed (attempt 2)")
     later_steps = [e.data["step"] for e in events[resumed_at:] if e.type == "metrics"]
-    assert later_steps and min(later_steps) == paused_step + 1 and max(later_steps) == 20
+    assert later_steps and min(later_steps) == paused_step + 1 and max(later_steps) == 10
 
 
 def test_kill_9_of_the_server_mid_training_then_restart_finishes_exactly_once(tmp_path):

@@ -94,7 +94,8 @@ class World:
             except ProcessLookupError:
                 pass
         for runner in self.runners:
-            run_until(lambda: runner.active_count() == 0, lambda: None, timeout=30)
+            run_until(lambda: not any(runner.alive(d.name) for d in runner.runs_dir.iterdir() if d.is_dir()),
+                      lambda: None, timeout=30)
         self.db.close()
 
 
@@ -216,6 +217,10 @@ def test_pause_and_resume_continue_from_the_checkpoint(world):
     ctx = world.context()
     job = world.create_job("steps=40,sleep=0.05,every=100")
     run_until(lambda: (world.get(job).trained_tokens or 0) >= 30, lambda: reconcile_once(ctx))
+    running = world.get(job)
+    assert running.status == "running"
+    assert running.estimated_finish is not None and running.estimated_finish >= running.created_at
+    assert world.jobs.list_events("default", job.id, limit=1)[0].type == "metrics", "progress shows while it runs"
     world.set_desired(job, "pause")
     run_until(lambda: world.get(job).status == "paused", lambda: reconcile_once(ctx))
     for _ in range(3):

@@ -19,7 +19,8 @@ def make_lora_adapter(base_dir: Path, out_dir: Path, seed: int, *, model=None) -
 
     torch.manual_seed(seed)
     model = model or AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False,
+                        task_type="CAUSAL_LM")
     get_peft_model(model, config).save_pretrained(str(out_dir))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (base_dir / name).is_file():  # the trainer saves the base's tokenizer beside the adapter

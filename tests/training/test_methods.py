@@ -33,11 +33,12 @@ def _logits(model, tokenizer):
 @pytest.mark.parametrize("peft_type, lr", [("lora", 2e-2), ("dora", 2e-2), ("qlora", 2e-2), ("full", 3e-3)])
 def test_method_trains_and_reloads(tmp_path, make_spec, tiny_model_dir, peft_type, lr):
     spec = load_spec(make_spec(tmp_path, peft={"type": peft_type}, packing=peft_type == "lora",
-                               hyperparameters={"n_epochs": 3, "learning_rate": lr}))
+                               hyperparameters={"n_epochs": 2, "learning_rate": lr}))
     out = tmp_path / "out"
     result = train(spec, out)
     losses = _train_losses(out)
-    assert len(losses) == 9 if peft_type != "lora" else len(losses) >= 3
+    # 12 examples, batch 4, 2 epochs: 6 steps; packed (lora) rows hold several examples each.
+    assert len(losses) == (6 if peft_type != "lora" else 2)
     assert losses[-1] < losses[0] - 0.5, losses
 
     if peft_type == "full":
@@ -65,7 +66,7 @@ def test_method_trains_and_reloads(tmp_path, make_spec, tiny_model_dir, peft_typ
 
 def test_dpo_raises_preference_accuracy(tmp_path, make_spec, tiny_tokenizer):
     spec = load_spec(make_spec(tmp_path, method={"type": "dpo", "dpo": {"beta": 0.5}},
-                               hyperparameters={"n_epochs": 4, "learning_rate": 2e-2, "batch_size": 4}))
+                               hyperparameters={"n_epochs": 3, "learning_rate": 2e-2, "batch_size": 4}))
     pairs, _ = load_preference_pairs(spec.training_file, ChatRenderer(tiny_tokenizer), 256, "truncate", "training_file")
     batch = PaddedCollator(tiny_tokenizer.pad_token_id)([p.chosen for p in pairs] + [p.rejected for p in pairs])
 

@@ -230,3 +230,20 @@ def test_an_adapter_with_its_own_chat_template_is_prompted_with_it(core, adapter
         assert response["usage"]["prompt_tokens"] == len(tiny_tokenizer(rendered, add_special_tokens=False)["input_ids"])
     finally:
         core.unregister_adapter("own-template")
+
+
+def test_a_chat_template_that_rejects_the_messages_is_a_400(core, adapters, tmp_path):
+    import shutil
+
+    strict = shutil.copytree(adapters["b"], tmp_path / "strict-template")
+    (strict / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    core.register_adapter("strict-template", str(strict))
+    try:
+        with pytest.raises(InvalidRequest, match="no system role") as err:
+            ask(core, "strict-template")
+        assert err.value.param == "messages"
+    finally:
+        core.unregister_adapter("strict-template")

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tuneplane-train: {exc}", file=sys.stderr)
         if rank == 0 and output_dir.is_dir():
             _error_event(output_dir, exitcodes.BAD_INPUT, exc)
-        return _exit(exitcodes.BAD_INPUT, output_dir, launched and rank == 0)
+        return _exit(exitcodes.BAD_INPUT, output_dir, launched)
 
     from . import distributed
 
@@ -120,15 +120,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tuneplane-train: {exc}", file=sys.stderr)
         if rank == 0:
             _error_event(output_dir, code, exc)
-    return _exit(code, output_dir, launched and rank == 0)
+    return _exit(code, output_dir, launched)
 
 
-def _exit(code: int, output_dir: Path, write_marker: bool) -> int:
-    if write_marker:
+def _exit(code: int, output_dir: Path, launched: bool) -> int:
+    """Under a launcher, record the code for the parent: the first failing rank's code wins (the
+    others then fail only because it left), and rank 0 records success or a SIGTERM stop."""
+    rank = int(os.environ.get("RANK", "0"))
+    failed = code not in (exitcodes.OK, exitcodes.STOPPED)
+    if launched and (failed or rank == 0):
         try:
-            (output_dir / EXIT_CODE_FILE).write_text(f"{code}\n")
+            fd = os.open(output_dir / EXIT_CODE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError:
-            pass
+            return code  # another rank recorded its code first
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{code}\n")
     return code
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from .data import IGNORE
-from .outputs import EventLog, write_checkpoint_marker, write_results_csv
+from .outputs import EventLog, prune_checkpoints, write_checkpoint_marker, write_results_csv
 
 
 class NonFiniteLossError(RuntimeError):
@@ -145,11 +145,13 @@ class ContractCallback(TrainerCallback):
     """Emits tuneplane's metrics events, checkpoints on policy, and enforces stop/NaN rules."""
 
     def __init__(self, trainer: TuneplaneTrainer, events: EventLog, output_dir, *, every_n_steps: int | None,
-                 stop: StopRequest, validation_batches: list | None, trained_tokens: int, mlflow: Any = None):
+                 stop: StopRequest, validation_batches: list | None, trained_tokens: int, keep_last: int,
+                 mlflow: Any = None):
         self.trainer = trainer
         self.events = events
         self.output_dir = output_dir
         self.every_n_steps = every_n_steps
+        self.keep_last = keep_last
         self.stop = stop
         self.validation_batches = validation_batches
         self.trained_tokens = trained_tokens
@@ -231,5 +233,6 @@ class ContractCallback(TrainerCallback):
             self.events.emit(f"Checkpoint saved at step {state.global_step}",
                              data={"step": state.global_step, "checkpoint": f"checkpoints/checkpoint-{state.global_step}"})
             write_results_csv(self.output_dir, self.events.read())
+            prune_checkpoints(Path(args.output_dir), self.keep_last)
         return control
 

@@ -131,6 +131,16 @@ def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return [folder for _, folder in sorted(found)]
 
 
+def prune_checkpoints(checkpoints_dir: Path, keep_last: int) -> None:
+    """Delete the oldest complete checkpoints beyond ``keep_last``. Runs only after the newest one's
+    marker is written, so a kill at any moment leaves at least one complete checkpoint (Trainer's own
+    rotation runs before our marker exists, which is why it is switched off)."""
+    import shutil
+
+    for folder in complete_checkpoints(checkpoints_dir)[:-keep_last]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

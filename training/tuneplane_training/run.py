@@ -110,7 +110,7 @@ def _training_arguments(spec: TrainingSpec, checkpoints_dir: Path, dtype: torch.
         logging_steps=1,
         logging_nan_inf_filter=False,  # a NaN must stop the run, not be averaged away
         save_strategy="no",  # ContractCallback decides when to save
-        save_total_limit=spec.checkpoint.keep_last,
+        save_total_limit=None,  # ContractCallback prunes, after the new checkpoint is marked complete
         save_only_model=False,
         report_to="none",
         disable_tqdm=True,
@@ -183,6 +183,7 @@ def train(spec: TrainingSpec, output_dir: Path, stop: StopRequest | None = None)
                                processing_class=tokenizer, method=spec.method.type, beta=spec.method.dpo.beta)
     callback = ContractCallback(trainer, events, output_dir, every_n_steps=spec.checkpoint.every_n_steps, stop=stop,
                                 validation_batches=validation_batches, trained_tokens=trained_tokens,
+                                keep_last=spec.checkpoint.keep_last,
                                 mlflow=_mlflow_client() if main else None)
     trainer.add_callback(callback)
     distributed.prepare_trainer(trainer)  # FSDP on CPU: accelerate would silently fall back to DDP

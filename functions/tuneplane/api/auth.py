@@ -62,10 +62,20 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+def project_of(request: Request) -> str:
+    """The project of the key that authenticated this request (set by AuthMiddleware).
+
+    Read directly rather than through a FastAPI dependency: dependency resolution is a measurable
+    share of each request's cost on the hot read paths.
+    """
+    return request.state.project
+
+
 async def _current_project(request: Request) -> str:
     return request.state.project
 
 
+# The same as a FastAPI dependency, for routes off the hot path (``project: Project``).
 Project = Annotated[str, Depends(_current_project)]
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tuneplane.api.auth import Project
+from tuneplane.api.auth import project_of
 from tuneplane.api.multipart import receive_upload
 from tuneplane.api.responses import json_response, page
 from tuneplane.api.schemas import ErrorResponse, FileDeleted, FileList, FileObject, render_file
@@ -47,27 +47,31 @@ def files_router(service: FileService) -> APIRouter:
         responses={413: {"model": ErrorResponse}},
         summary="Upload a file (fine-tune files are validated while they stream in)",
     )
-    async def upload_file(request: Request, project: Project):
+    async def upload_file(request: Request):
+        project = project_of(request)
         record = await receive_upload(request, service, project)
         return json_response(render_file(record))
 
     @router.get("/files", response_model=FileList)
     async def list_files(
-        project: Project,
+        request: Request,
         purpose: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
         order: Literal["asc", "desc"] = "desc",
         after: Annotated[str | None, Query(max_length=128)] = None,
     ):
+        project = project_of(request)
         records, has_more = service.list(project, purpose=purpose, limit=limit, order=order, after=after)
         return json_response(page([render_file(r) for r in records], has_more, with_ids=True))
 
     @router.get("/files/{file_id}", response_model=FileObject)
-    async def retrieve_file(file_id: FileId, project: Project):
+    async def retrieve_file(file_id: FileId, request: Request):
+        project = project_of(request)
         return json_response(render_file(service.get(project, file_id)))
 
     @router.delete("/files/{file_id}", response_model=FileDeleted)
-    def delete_file(file_id: FileId, project: Project):
+    def delete_file(file_id: FileId, request: Request):
+        project = project_of(request)
         service.delete(project, file_id)
         return json_response({"id": file_id, "object": "file", "deleted": True})
 
@@ -76,7 +80,8 @@ def files_router(service: FileService) -> APIRouter:
         response_class=StreamingResponse,
         responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     )
-    async def file_content(file_id: FileId, project: Project):
+    async def file_content(file_id: FileId, request: Request):
+        project = project_of(request)
         record, chunks = await run_in_threadpool(service.content, project, file_id)
         return StreamingResponse(
             chunks,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from tuneplane.api.auth import Project
+from tuneplane.api.auth import project_of
 from tuneplane.api.errors import not_found
 from tuneplane.api.responses import json_response
 from tuneplane.api.schemas import ErrorResponse, Model, ModelList, render_catalog_model
@@ -25,13 +25,15 @@ def models_router(catalog: Catalog, jobs: JobService) -> APIRouter:
     router = APIRouter(tags=["models"], responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
 
     @router.get("/models", response_model=ModelList)
-    async def list_models(project: Project):
+    async def list_models(request: Request):
+        project = project_of(request)
         tuned = await run_in_threadpool(jobs.fine_tuned_models, project)
         data = [render_catalog_model(m) for m in catalog.models()] + [_render_fine_tuned(j) for j in tuned]
         return json_response({"object": "list", "data": data})
 
     @router.get("/models/{model}", response_model=Model)
-    async def retrieve_model(model: Annotated[str, Path(min_length=1, max_length=256)], project: Project):
+    async def retrieve_model(model: Annotated[str, Path(min_length=1, max_length=256)], request: Request):
+        project = project_of(request)
         base = catalog.get(model)
         if base is not None:
             return json_response(render_catalog_model(base))

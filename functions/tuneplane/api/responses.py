@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
+from pydantic_core import to_json
 from starlette.responses import Response
 
 
 def json_response(content: object, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # pydantic-core's serializer (Rust) is several times faster than json.dumps on list pages.
+    body = to_json(content)
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 

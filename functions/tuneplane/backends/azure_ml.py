@@ -16,7 +16,6 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from tuneplane.backends import azure_ml_jobs as jobs_
@@ -85,7 +84,7 @@ class AzureTrainingBackend:
         self.contents = contents  # AzureBlobContentStore on the datastore's container
         self.settings = settings
         self.retry = retry or Retry(settings.retry_budget_s)
-        self.training_dir = Path(settings.training_dir) if settings.training_dir else jobs_.REPO_ROOT / "training"
+        self.training_dir = settings.training_dir or str(jobs_.REPO_ROOT / "training")
 
     # -- submit -------------------------------------------------------------------------------
     def _get_job(self, name: str) -> Any | None:
@@ -266,12 +265,19 @@ class AzureTrainingBackend:
         return events
 
     def _failure(self, job: JobRecord, name: str) -> dict[str, Any]:
-        for event in reversed(self._trainer_events(job)):
+        events = self._trainer_events(job)
+        for event in reversed(events):
             if event.get("level") == "error":
                 code = (event.get("data") or {}).get("exit_code")
                 return {"code": EXIT_CODE_ERRORS.get(code, "training_failed"), "message": str(event.get("message"))}
+        if not events:
+            # The trainer never wrote a line: the environment image, the data mount or the compute
+            # failed before it started.
+            return {"code": "run_setup_failed",
+                    "message": f"Azure ML job {name} failed before the trainer started (environment image build, "
+                               "data mount or compute setup); its logs in Azure ML studio say which."}
         return {"code": "training_failed",
-                "message": f"Azure ML job {name} failed before the trainer reported an error; see its logs in Azure ML studio."}
+                "message": f"Azure ML job {name} failed without a trainer error; see its logs in Azure ML studio."}
 
     def observe(self, job: JobRecord) -> AzureRunState:
         runs = self._runs(job)
@@ -356,6 +362,14 @@ class AzureTrainingBackend:
                 location=f"{jobs_.job_output_uri(name)}/paths/checkpoints/checkpoint-{step}",
             ))
         return sorted(found, key=lambda c: c.step_number)
+
+    def read_results(self, job: JobRecord) -> bytes | None:
+        """The run's ``results.csv`` (OpenAI's step-metrics columns), for the job's result file;
+        the reconciler reads a local run's file from its folder, an Azure run's through this."""
+        try:
+            return self.contents.read_bytes(self._output(job, "results.csv"))
+        except NotFound:
+            return None
 
     # -- control ------------------------------------------------------------------------------
     def cancel(self, job: JobRecord) -> None:

@@ -14,9 +14,13 @@ with ``TUNEPLANE_ADAPTERS`` telling the scoring module which name lives where. T
 self-describing: ``TUNEPLANE_ADAPTER_SOURCES`` (ignored by the scoring module) records each
 adapter's source, so the next deploy or undeploy needs no other state.
 
-Traffic: the endpoint and its traffic split belong to Pulumi. The deployer never writes the
-endpoint; every call names its deployment with the ``azureml-model-deployment`` header, which Azure
-ML routes regardless of the traffic split. So ``pulumi up`` and the reconciler never undo each other.
+Traffic: Pulumi owns the endpoint but ignores its traffic maps (infra/tuneplane_infra/endpoint.py),
+and the control plane owns those. Every call names its deployment with the
+``azureml-model-deployment`` header, which Azure ML routes whatever the split says, so the split
+only matters for calls without it. The deployer changes nothing but ``traffic`` on the endpoint it
+read (every property Pulumi set goes back as it was): a ready deployment gets 100% while nothing
+else has any, and a deployment leaves the split before it is deleted (Azure ML refuses to delete one
+that still has traffic).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from tuneplane.backends import azure_ml_jobs as jobs_
@@ -138,7 +141,7 @@ class AzureDeployer:
         self.contents = contents
         self.settings = settings
         self.retry = retry or Retry(settings.retry_budget_s)
-        self.training_dir = Path(settings.training_dir) if settings.training_dir else jobs_.REPO_ROOT / "training"
+        self.training_dir = settings.training_dir or str(jobs_.REPO_ROOT / "training")
         self._token_provider = token_provider  # () -> bearer token; default DefaultAzureCredential
 
     @property
@@ -199,7 +202,7 @@ class AzureDeployer:
             model=Model(name=f"{name}-adapters", version=str(number), type=AssetTypes.CUSTOM_MODEL,
                         path=jobs_.datastore_uri(self.settings.datastore, folder),
                         tags={"tuneplane.base_model": base_model, "tuneplane.revision": revision}),
-            code_configuration=CodeConfiguration(code=str(self.training_dir), scoring_script=SCORING_SCRIPT),
+            code_configuration=CodeConfiguration(code=jobs_.code_of(self.training_dir), scoring_script=SCORING_SCRIPT),
             environment=jobs_.environment_of(self.settings.environment, self.training_dir),
             instance_type=self.settings.deployment_instance_type,
             instance_count=self.settings.deployment_instance_count,
@@ -233,8 +236,31 @@ class AzureDeployer:
             current = None
         return self._describe(model, name, current)
 
+    # -- traffic (owned by the control plane; see the module docstring) --------------------------
+    def _write_traffic(self, endpoint: Any, traffic: dict[str, int], *, wait: bool) -> None:
+        endpoint.traffic = traffic  # the only property changed; the rest is what was read
+        poller = self.retry.call(f"update traffic of {self.endpoint}", self.ml.online_endpoints.begin_create_or_update,
+                                 endpoint, permanent_code="traffic_rejected")
+        if wait:
+            poller.result(timeout=600)
+
+    def _route_default_traffic(self, name: str) -> None:
+        endpoint = self.retry.call("read endpoint", self.ml.online_endpoints.get, self.endpoint)
+        traffic = {k: int(v) for k, v in (endpoint.traffic or {}).items()}
+        if sum(traffic.values()) == 0:
+            self._write_traffic(endpoint, {**traffic, name: 100}, wait=False)
+
+    def _leave_traffic(self, name: str) -> None:
+        endpoint = self.retry.call("read endpoint", self.ml.online_endpoints.get, self.endpoint)
+        traffic = {k: int(v) for k, v in (endpoint.traffic or {}).items()}
+        if traffic.get(name, 0) > 0:
+            del traffic[name]
+            self._write_traffic(endpoint, traffic, wait=True)
+
     def _describe(self, model: str, name: str, deployment: Any | None) -> dict[str, Any]:
         state = str(getattr(deployment, "provisioning_state", None) or "Creating")
+        if state == "Succeeded":
+            self._route_default_traffic(name)
         status = {"Succeeded": "ready", "Failed": "failed", "Canceled": "failed", "Deleting": "deleting"}.get(state, "deploying")
         return {"object": "deployment", "model": model, "status": status, "endpoint": self.endpoint,
                 "deployment": name, "azure_state": state}
@@ -268,6 +294,7 @@ class AzureDeployer:
         if sources:
             self._apply(name, base, sources, current)
         else:
+            self._leave_traffic(name)
             self.retry.call(f"delete deployment {name}", self.ml.online_deployments.begin_delete,
                             name=name, endpoint_name=self.endpoint)
         return True

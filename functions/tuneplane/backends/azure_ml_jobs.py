@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from tuneplane.domain import estimate as est
 from tuneplane.domain.records import JobRecord
+from tuneplane.ports import BackendMisconfigured
 
 COMMAND = "tuneplane-train --spec ${{inputs.spec}}/spec.json --output-dir ${{outputs.model}}"
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -124,6 +125,13 @@ def distribution_of(spec: dict[str, Any], placement: Placement) -> dict[str, Any
 def job_spec(spec: dict[str, Any], placement: Placement, *, has_validation: bool) -> dict[str, Any]:
     """The spec as the Azure run sees it: data next to it, distribution from the placement."""
     out = copy.deepcopy(spec)
+    # A catalog name the local trainer builds from bundled files is fetched from its source
+    # (a Hugging Face id) on Azure ML.
+    from tuneplane.domain.catalog import KNOWN_MODELS
+
+    known = KNOWN_MODELS.get(str(out.get("base_model")))
+    if known is not None:
+        out["base_model"] = known.source
     out["training_file"] = "training.jsonl"
     out["validation_file"] = "validation.jsonl" if has_validation else None
     out["distribution"] = distribution_of(spec, placement)
@@ -139,14 +147,32 @@ def tags_of(job: JobRecord) -> dict[str, str]:
     }
 
 
-def environment_of(environment: str | None, training_dir: Path) -> Any:
+def code_of(training_dir: str | Path | None) -> str:
+    """The jobs' code: a local ``training/`` folder (uploaded, cached by hash), or a registered
+    code asset (``azureml:NAME:VERSION``) for a Function App that does not ship the folder."""
+    value = str(training_dir or REPO_ROOT / "training")
+    if not value.startswith("azureml:") and not (Path(value) / "tuneplane_training").is_dir():
+        raise BackendMisconfigured(
+            "TUNEPLANE_AZURE_TRAINING_DIR",
+            f"TUNEPLANE_AZURE_TRAINING_DIR: {value} is not the training/ folder (no tuneplane_training inside)",
+        )
+    return value
+
+
+def environment_of(environment: str | None, training_dir: str | Path | None) -> Any:
     """The registered environment if one is configured, else an anonymous one built from
     ``training/environment`` (Azure ML names it by the folder's hash, so it builds once)."""
     if environment:
         return environment
+    code = code_of(training_dir)
+    if code.startswith("azureml:"):
+        raise BackendMisconfigured(
+            "TUNEPLANE_AZURE_ENVIRONMENT",
+            "TUNEPLANE_AZURE_ENVIRONMENT must name a registered environment when the code is a registered asset",
+        )
     from azure.ai.ml.entities import BuildContext, Environment
 
-    return Environment(build=BuildContext(path=str(training_dir / "environment")))
+    return Environment(build=BuildContext(path=str(Path(code) / "environment")))
 
 
 def build_command_job(
@@ -157,13 +183,12 @@ def build_command_job(
     datastore: str,
     experiment: str,
     environment: str | None = None,
-    training_dir: Path | None = None,
+    training_dir: str | Path | None = None,
     timeout_s: int = 7 * 24 * 3600,
 ) -> Any:
     from azure.ai.ml import Input, Output, PyTorchDistribution
     from azure.ai.ml.entities import CommandJob, CommandJobLimits, JobResourceConfiguration, QueueSettings
 
-    training_dir = training_dir or REPO_ROOT / "training"
     folder = run_folder(job.id)
     fields: dict[str, Any] = dict(
         name=name,
@@ -171,7 +196,7 @@ def build_command_job(
         experiment_name=experiment,
         description=f"tuneplane fine-tuning job {job.id} of project {job.project}",
         tags=tags_of(job),
-        code=str(training_dir),
+        code=code_of(training_dir),
         command=COMMAND,
         environment=environment_of(environment, training_dir),
         environment_variables={"TOKENIZERS_PARALLELISM": "false", "TUNEPLANE_JOB_ID": job.id},

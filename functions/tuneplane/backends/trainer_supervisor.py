@@ -88,18 +88,26 @@ def supervise(run: Path, attempt: int, command: list[str]) -> int:
     with open(run / "trainer.log", "ab") as log:
         log.write(f"--- attempt {attempt} ---\n".encode())
         log.flush()
-        trainer = subprocess.Popen(
-            command,
-            pass_fds=(lock_fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-            preexec_fn=die_with_supervisor,
-        )
-    if stopping.is_set():
-        forward()
-    code = trainer.wait()
+        try:
+            trainer = subprocess.Popen(
+                command,
+                pass_fds=(lock_fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=die_with_supervisor,
+            )
+        except OSError as exc:
+            # A missing or broken trainer is a failure to report, not a crash to retry.
+            log.write(f"cannot start the trainer {command[0]!r}: {exc.strerror or exc}\n".encode())
+            trainer = None
+    if trainer is None:
+        code = 127
+    else:
+        if stopping.is_set():
+            forward()
+        code = trainer.wait()
     stop_file = run / "stop"
     stop = stop_file.read_text().strip() if stop_file.exists() else None
     ended = {"attempt": attempt, "returncode": code, "stop": stop, "finished_at": int(time.time())}

@@ -36,6 +36,9 @@ class JobService:
         self.files = files
         self.catalog = catalog
         self.min_examples = min_examples
+        # Called after a job is created or a control action is recorded: the server nudges the
+        # reconciler with it, so the move happens now instead of at the next interval.
+        self.on_change = None
 
     # -- create ---------------------------------------------------------------------------------
 
@@ -69,6 +72,8 @@ class JobService:
         if created:
             self._event(job, f"Validating training file: {job.training_file}", now)
             self._event(job, "Files validated, moving job to queued state", now)
+            if self.on_change is not None:
+                self.on_change()
         return job, created
 
     def _check_method(self, req: CreateJobRequest) -> None:
@@ -224,6 +229,8 @@ class JobService:
             except Conflict:
                 continue
             self._event(updated, message if updated.status == job.status else f"{message}; job is now {updated.status}", int(time.time()))
+            if self.on_change is not None:
+                self.on_change()
             return updated
         raise ApiError(409, f"Job {job_id} is being updated concurrently; retry.", param="fine_tuning_job_id", code="conflict")
 

@@ -17,7 +17,8 @@ from tuneplane.backends.azure_config import AzureSettings
 def build_azure_adapters(settings: Any, azure: AzureSettings | None = None) -> Any:
     """The stores on Table Storage and Blob Storage (``settings`` is tuneplane.settings.Settings)."""
     from tuneplane.stores.azure_blob import AzureBlobContentStore
-    from tuneplane.stores.azure_tables import AzureFileStore, AzureJobStore, AzureKeyStore, AzureTables
+    from tuneplane.stores.azure_keys import AzureKeyStore
+    from tuneplane.stores.azure_tables import AzureFileStore, AzureJobStore, AzureTables
     from tuneplane.wiring import Adapters
 
     azure = azure or AzureSettings()

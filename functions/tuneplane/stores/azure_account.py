@@ -21,6 +21,11 @@ class StorageAccount:
     blob_url: str | None = None
     managed_identity_client_id: str | None = None
 
+    @property
+    def credential_setting(self) -> str:
+        """The setting to fix when storage refuses the credential."""
+        return "TUNEPLANE_AZURE_STORAGE_CONNECTION_STRING" if self.connection_string else "TUNEPLANE_AZURE_CLIENT_ID"
+
     def _credential(self) -> Any:
         from azure.identity import DefaultAzureCredential
 
@@ -45,3 +50,41 @@ class StorageAccount:
         if not self.blob_url:
             raise ValueError("TUNEPLANE_AZURE_BLOB_URL or TUNEPLANE_AZURE_STORAGE_CONNECTION_STRING is required")
         return BlobServiceClient(account_url=self.blob_url, credential=self._credential())
+
+
+def storage_errors(cls: type) -> type:
+    """Class decorator: a refused credential becomes BackendMisconfigured naming the setting, and an
+    unreachable account becomes BackendUnavailable, so the API answers 503 instead of a traceback.
+    The class keeps the account's ``credential_setting`` in ``self._setting``."""
+    import functools
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+            from tuneplane.ports import BackendMisconfigured, BackendUnavailable
+
+            setting = getattr(self, "_setting", "TUNEPLANE_AZURE_STORAGE_CONNECTION_STRING")
+            try:
+                return fn(self, *args, **kwargs)
+            except ClientAuthenticationError as error:
+                raise BackendMisconfigured(setting, f"Azure Storage refused the credential ({setting}): {_first_line(error)}") from error
+            except ServiceRequestError as error:
+                raise BackendUnavailable("storage_unavailable", f"Azure Storage is unreachable: {_first_line(error)}") from error
+            except HttpResponseError as error:
+                if error.status_code == 403:
+                    raise BackendMisconfigured(setting, f"Azure Storage refused access ({setting}): {_first_line(error)}") from error
+                raise
+
+        return call
+
+    for name, member in list(vars(cls).items()):
+        if callable(member) and (not name.startswith("_") or name == "__init__"):
+            setattr(cls, name, wrap(member))
+    return cls
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tuneplane.ports import NotFound
-from tuneplane.stores.azure_account import StorageAccount
+from tuneplane.stores.azure_account import StorageAccount, storage_errors
 
 _BLOCK_BYTES = 4 * 1024 * 1024
 _MAX_BLOCKS = 50_000  # the service's limit per block blob
@@ -72,10 +72,12 @@ class BlobUpload:
         self._closed = True
 
 
+@storage_errors
 class AzureBlobContentStore:
     def __init__(self, account: StorageAccount, container: str, *, block_bytes: int = _BLOCK_BYTES) -> None:
         from azure.core.exceptions import ResourceExistsError
 
+        self._setting = account.credential_setting
         service = account.blob_service()
         self._container = service.get_container_client(container)
         try:

@@ -8,7 +8,7 @@ Layout (one table per kind, all named ``{prefix}{kind}``):
 | jobs       | project            | ``j:`` + desc(id)              | the job record; status, ``md_*`` props |
 | jobs       | project            | ``k:`` + sha256(idem. key)     | the job id the key first created       |
 | events     | project ``:`` job  | ``e:``/``c:`` + desc(id)       | events and checkpoints of one job      |
-| keys       | ``keys``           | ``id:`` + id, ``hash:`` + hash | the key record, and a hash → id index  |
+| keys       | ``keys``           | ``id:`` + id, ``hash:`` + hash | API keys (tuneplane.stores.azure_keys) |
 | unfinished | ``unfinished``     | job id                         | the reconciler's FIFO (a hint, see below)|
 
 Table Storage sorts by (PartitionKey, RowKey) ascending and cannot scan backwards, so newest-first
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from datetime import datetime, timezone
 from itertools import islice
 from typing import Any, Literal, TypeVar
@@ -40,14 +39,13 @@ from pydantic import BaseModel
 
 from tuneplane.domain.records import (
     TERMINAL_STATUSES,
-    ApiKeyRecord,
     CheckpointRecord,
     EventRecord,
     FileRecord,
     JobRecord,
 )
 from tuneplane.ports import AlreadyExists, Conflict, NotFound
-from tuneplane.stores.azure_account import StorageAccount
+from tuneplane.stores.azure_account import StorageAccount, storage_errors
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -99,14 +97,16 @@ def _metadata_property(key: str) -> str:
     return name
 
 
+@storage_errors
 class AzureTables:
-    """The table clients of one deployment; tables are created on first use."""
+    """The table clients of one deployment; tables are created if missing."""
 
     KINDS = ("files", "jobs", "events", "keys", "unfinished")
 
     def __init__(self, account: StorageAccount, prefix: str = "tuneplane") -> None:
         if not prefix.isalnum() or not prefix[:1].isalpha() or len(prefix) > 50:
             raise ValueError(f"table prefix {prefix!r} must be letters and digits, starting with a letter")
+        self._setting = account.credential_setting
         service = account.table_service()
         self.prefix = prefix
         self._clients: dict[str, Any] = {}
@@ -148,8 +148,10 @@ def _is_conflict(error: Exception) -> bool:
     return getattr(error, "status_code", None) == 409 or "AlreadyExists" in str(getattr(error, "error_code", ""))
 
 
+@storage_errors
 class AzureFileStore:
     def __init__(self, tables: AzureTables) -> None:
+        self._setting = tables._setting
         self._table = tables["files"]
 
     def create_file(self, record: FileRecord) -> None:
@@ -209,8 +211,10 @@ class AzureFileStore:
         return True
 
 
+@storage_errors
 class AzureJobStore:
     def __init__(self, tables: AzureTables, *, orphan_grace_s: int = 3600) -> None:
+        self._setting = tables._setting
         self._jobs = tables["jobs"]
         self._events = tables["events"]
         self._unfinished = tables["unfinished"]
@@ -373,77 +377,3 @@ class AzureJobStore:
         query, params = _range_query("c:", desc(after) if after is not None else None)
         params["pk"] = self._partition(project, job_id)
         return [_unpack(e, CheckpointRecord) for e in _page(self._events, query, params, limit)]
-
-
-class AzureKeyStore:
-    _PARTITION = "keys"
-
-    def __init__(self, tables: AzureTables) -> None:
-        self._table = tables["keys"]
-
-    def create_key(self, record: ApiKeyRecord) -> None:
-        from azure.core.exceptions import HttpResponseError
-
-        rows = [
-            ("create", {"PartitionKey": self._PARTITION, "RowKey": "id:" + _check_key(record.id, "key id"),
-                        "project": record.project, **_pack(record)}),
-            ("create", {"PartitionKey": self._PARTITION, "RowKey": "hash:" + _check_key(record.key_hash, "key hash"),
-                        "key_id": record.id}),
-        ]
-        try:
-            self._table.submit_transaction(rows)
-        except HttpResponseError as error:
-            if _is_conflict(error):
-                raise AlreadyExists(f"key {record.id} already exists") from error
-            raise
-
-    def _get_record(self, key_id: str) -> tuple[ApiKeyRecord, Any] | None:
-        try:
-            entity = _get(self._table, self._PARTITION, "id:" + _check_key(key_id, "key id"))
-        except ValueError:
-            return None
-        return (_unpack(entity, ApiKeyRecord), entity) if entity is not None else None
-
-    def find_key(self, key_hash: str) -> ApiKeyRecord | None:
-        try:
-            index = _get(self._table, self._PARTITION, "hash:" + _check_key(key_hash, "key hash"))
-        except ValueError:
-            return None
-        found = self._get_record(index["key_id"]) if index is not None else None
-        if found is None or found[0].revoked_at is not None:
-            return None
-        return found[0]
-
-    def list_keys(self, project: str | None = None) -> list[ApiKeyRecord]:
-        query, params = _range_query("id:", None)
-        params["pk"] = self._PARTITION
-        if project is not None:
-            query += " and project eq @project"
-            params["project"] = project
-        return [_unpack(e, ApiKeyRecord) for e in self._table.query_entities(query, parameters=params)]
-
-    def revoke_key(self, key_id: str) -> bool:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError
-        from azure.data.tables import UpdateMode
-
-        for _ in range(5):  # a concurrent revoke changes the ETag; re-read and try again
-            found = self._get_record(key_id)
-            if found is None:
-                return False
-            record, entity = found
-            if record.revoked_at is not None:
-                return True
-            revoked = record.model_copy(update={"revoked_at": int(time.time())})
-            try:
-                self._table.update_entity(
-                    {"PartitionKey": self._PARTITION, "RowKey": entity["RowKey"], "project": revoked.project,
-                     **_pack(revoked)},
-                    mode=UpdateMode.REPLACE,
-                    etag=entity.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-            except ResourceModifiedError:
-                continue
-            return True
-        raise Conflict(f"key {key_id} keeps changing")

@@ -7,6 +7,7 @@ Azurite container.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -67,7 +68,7 @@ def not_found(message: str = "The specified resource was not found.") -> Excepti
 
 
 def settings(connection_string: str, container: str, **extra: Any) -> AzureSettings:
-    return AzureSettings(
+    fields: dict[str, Any] = dict(
         subscription_id="00000000-0000-0000-0000-000000000000",
         resource_group="rg-tuneplane",
         workspace="ws-tuneplane",
@@ -76,8 +77,8 @@ def settings(connection_string: str, container: str, **extra: Any) -> AzureSetti
         datastore="tuneplanefiles",
         endpoint="tuneplane-endpoint",
         training_dir=str(ROOT / "training"),
-        **extra,
     )
+    return AzureSettings(**{**fields, **extra})
 
 
 def no_sleep_retry(budget_s: float = 30.0) -> Retry:
@@ -87,7 +88,7 @@ def no_sleep_retry(budget_s: float = 30.0) -> Retry:
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    retry = Retry(budget_s, sleep=sleep, clock=lambda: now[0])
+    retry = Retry(budget_s, sleep=sleep, clock=lambda: now[0], rng=random.Random(7))
     retry.slept = now  # type: ignore[attr-defined]
     return retry
 

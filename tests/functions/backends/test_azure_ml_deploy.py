@@ -109,11 +109,36 @@ def test_deploy_builds_one_deployment_per_base_serving_every_adapter(ml, deploye
     folder2 = second._to_dict()["model"]["path"].split("/paths/", 1)[1]
     assert folder2 != folder
     assert contents.read_bytes(folder2 + "adapters/1/adapter_model.safetensors") == b"weights-" + JOB_B.encode()
-    # The endpoint (and its traffic) belongs to Pulumi: never written.
+    # Nothing was ready yet: the endpoint was not touched.
     ml.online_endpoints.begin_create_or_update.assert_not_called()
 
 
+def _endpoint(traffic):
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    return ManagedOnlineEndpoint(name="tuneplane-endpoint", auth_mode="aad_token", traffic=dict(traffic),
+                                 description="owned by Pulumi", tags={"owner": "pulumi"})
+
+
+def test_a_ready_deployment_gets_traffic_only_when_none_has_any(ml, deployer):
+    deployer.deploy(project="proj-a", model=MODEL_A, base_model=BASE, source_uri=f"azureml://jobs/{JOB_A}/outputs/model")
+    entity = ml.online_deployments.begin_create_or_update.call_args.args[0]
+    entity._provisioning_state = "Succeeded"
+    ml.online_deployments.get.side_effect = None
+    ml.online_deployments.get.return_value = entity
+    ml.online_endpoints.get.return_value = _endpoint({})
+    assert deployer.status("proj-a", MODEL_A)["status"] == "ready"
+    written = ml.online_endpoints.begin_create_or_update.call_args.args[0]
+    assert written.traffic == {entity.name: 100}
+    assert (written.auth_mode, written.description, written.tags) == ("aad_token", "owned by Pulumi", {"owner": "pulumi"})
+    written._to_rest_object()
+    ml.online_endpoints.get.return_value = _endpoint({"tp-other-123456": 100})
+    deployer.status("proj-a", MODEL_A)
+    assert ml.online_endpoints.begin_create_or_update.call_count == 1  # someone has traffic: left alone
+
+
 def test_deploy_is_idempotent_and_status_follows_provisioning(ml, deployer):
+    ml.online_endpoints.get.return_value = _endpoint({"tp-other-123456": 100})
     deployer.deploy(project="proj-a", model=MODEL_A, base_model=BASE, source_uri=f"azureml://jobs/{JOB_A}/outputs/model")
     entity = ml.online_deployments.begin_create_or_update.call_args.args[0]
     ml.online_deployments.get.side_effect = None
@@ -137,7 +162,9 @@ def test_undeploy_removes_an_adapter_then_the_deployment(ml, deployer):
     remaining = ml.online_deployments.begin_create_or_update.call_args.args[0]
     assert remaining.environment_variables["TUNEPLANE_MODEL_NAME"] == MODEL_B
     ml.online_deployments.get.return_value = remaining
+    ml.online_endpoints.get.return_value = _endpoint({deployment_name(BASE): 100})
     assert deployer.undeploy("proj-a", MODEL_B) is True
+    assert ml.online_endpoints.begin_create_or_update.call_args.args[0].traffic == {}  # left the split first
     ml.online_deployments.begin_delete.assert_called_once_with(name=deployment_name(BASE), endpoint_name="tuneplane-endpoint")
     assert deployer.undeploy("proj-b", MODEL_B) is False
 

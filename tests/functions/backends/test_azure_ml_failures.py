@@ -200,3 +200,23 @@ def test_nothing_is_lost_while_azure_is_unreachable(ml, contents, azurite):  # n
     ml.jobs.get.side_effect = not_found()
     assert submit(backend, contents) == "ftjob-0005f1a2b3c4d5e6f7a8b9c0"
     ml.jobs.create_or_update.assert_called_once()
+
+
+def test_a_wrong_training_dir_names_the_setting(ml, contents, azurite, tmp_path):  # noqa: F811
+    backend, _ = make_backend(ml, contents, azurite, training_dir=str(tmp_path))
+    with pytest.raises(BackendMisconfigured) as caught:
+        submit(backend, contents)
+    assert caught.value.setting == "TUNEPLANE_AZURE_TRAINING_DIR"
+
+
+def test_a_registered_code_asset_needs_a_registered_environment(ml, contents, azurite):  # noqa: F811
+    backend, _ = make_backend(ml, contents, azurite, training_dir="azureml:tuneplane-training-code:4")
+    with pytest.raises(BackendMisconfigured) as caught:
+        submit(backend, contents)
+    assert caught.value.setting == "TUNEPLANE_AZURE_ENVIRONMENT"
+    backend, _ = make_backend(ml, contents, azurite, training_dir="azureml:tuneplane-training-code:4",
+                              environment="azureml:tuneplane-training:9")
+    submit(backend, contents)
+    entity = ml.jobs.create_or_update.call_args.args[0]
+    assert entity.code == "azureml:tuneplane-training-code:4" and entity.environment == "azureml:tuneplane-training:9"
+    entity._to_dict()

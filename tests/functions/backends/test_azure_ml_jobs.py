@@ -197,13 +197,16 @@ def test_events_and_checkpoints_come_back_with_stable_ids(backend, contents):
     assert checkpoints[0].metrics == {"train_loss": 1.2, "valid_loss": None}
     assert checkpoints[0].location == f"azureml://jobs/{job.id}/outputs/model/paths/checkpoints/checkpoint-10"
     assert checkpoints[0].fine_tuned_model_checkpoint.endswith(f":{job.id}:ckpt-step-10")
+    assert backend.read_results(job) is None
+    contents.put_bytes(f"tuneplane-runs/{job.id}/model/results.csv", b"step,train_loss\n10,1.2\n")
+    assert backend.read_results(job) == b"step,train_loss\n10,1.2\n"
 
 
 def test_failed_and_succeeded_runs_report_error_and_output(backend, ml, contents):
     job = job_record(backend_ref="ftjob-0005f1a2b3c4d5e6f7a8b9c0")
     set_runs(ml, {job.id: "Failed"})
     bare = backend.observe(job)
-    assert bare.error["code"] == "training_failed" and job.id in bare.error["message"]
+    assert bare.error["code"] == "run_setup_failed" and job.id in bare.error["message"]
     _write_outputs(contents, job.id)
     failed = backend.observe(job)
     assert failed.error == {"code": "invalid_training_input", "message": "Invalid input: line 3: not JSON"}

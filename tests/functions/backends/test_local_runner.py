@@ -267,6 +267,15 @@ def test_repeated_crashes_fail_the_job_instead_of_looping(runner, ledger):
     assert state.status == "failed" and state.error["code"] == "trainer_crashed"
 
 
+def test_a_missing_trainer_fails_the_job_with_the_reason(tmp_path):
+    r = LocalRunner(tmp_path, trainer_command=[str(tmp_path / "no-such-trainer")])
+    job = make_job("ftjob-missing")
+    r.submit(job, spec("steps=1"))
+    state = wait_for(lambda: (s := r.observe(job)).status == "failed" and s)
+    assert state.error["code"] == "training_error"
+    assert "cannot start the trainer" in state.error["message"] and "no-such-trainer" in state.error["message"]
+
+
 def test_rejects_bad_job_ids_and_limits(tmp_path):
     with pytest.raises(ValueError, match="max_concurrent"):
         LocalRunner(tmp_path, max_concurrent=0)

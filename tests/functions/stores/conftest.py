@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import pytest
 
+from tests.azurite import azurite  # noqa: F401  (session fixture, used by the azure params)
 from tuneplane.settings import Settings
 from tuneplane.wiring import Adapters, build_adapters
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "azure"]
 
 
 def _build(backend: str, tmp_path, request) -> Adapters:
     if backend == "sqlite":
         return build_adapters(Settings(backend="local", home=tmp_path / "home"))
+    if backend == "azure":
+        # Table and Blob Storage on the session's Azurite; fresh tables and container per test.
+        from tuneplane.backends.azure_config import AzureSettings
+        from tuneplane.stores.azure import build_azure_adapters
+
+        azurite = request.getfixturevalue("azurite")
+        return build_azure_adapters(None, AzureSettings(
+            storage_connection_string=azurite.connection_string,
+            table_prefix=azurite.unique_name("t"), container=azurite.unique_name("c")))
     raise ValueError(f"no store fixture for backend {backend!r}")
 
 

@@ -11,7 +11,8 @@ from tests.azurite import azurite  # noqa: F401  (session fixture)
 from tuneplane.domain.records import ApiKeyRecord, CheckpointRecord, EventRecord, FileRecord, JobRecord
 from tuneplane.ports import AlreadyExists, Conflict, FileStore, JobStore, KeyStore, NotFound
 from tuneplane.stores.azure_account import StorageAccount
-from tuneplane.stores.azure_tables import AzureFileStore, AzureJobStore, AzureKeyStore, AzureTables, desc
+from tuneplane.stores.azure_keys import AzureKeyStore
+from tuneplane.stores.azure_tables import AzureFileStore, AzureJobStore, AzureTables, desc
 
 pytestmark = pytest.mark.azurite
 
@@ -214,6 +215,20 @@ def test_keys_find_list_and_revoke(tables):
     assert [k.id for k in store.list_keys()] == ["key-1", "key-2"]
     assert store.list_keys("p2") == [k2]
     assert store.revoke_key("key-1") is True
+    assert store.revoke_key("key-1") is False
     assert store.find_key("a" * 64) is None
     assert store.list_keys("p1")[0].revoked_at is not None
     assert store.revoke_key("key-404") is False
+
+
+def test_a_refused_credential_names_the_setting(azurite):  # noqa: F811
+    from tests.azurite import ACCOUNT_KEY
+    from tuneplane.ports import BackendMisconfigured
+    from tuneplane.stores.azure_blob import AzureBlobContentStore
+
+    wrong = azurite.connection_string.replace(ACCOUNT_KEY, "d3Jvbmcta2V5" * 8)
+    with pytest.raises(BackendMisconfigured) as caught:
+        AzureTables(StorageAccount(connection_string=wrong), azurite.unique_name("t"))
+    assert caught.value.setting == "TUNEPLANE_AZURE_STORAGE_CONNECTION_STRING"
+    with pytest.raises(BackendMisconfigured):
+        AzureBlobContentStore(StorageAccount(connection_string=wrong), azurite.unique_name("c"))

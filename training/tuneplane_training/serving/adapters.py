@@ -113,7 +113,9 @@ class AdapterPool:
         if self._active != adapter.slot:
             self._peft.set_adapter(adapter.slot)
             self._active = adapter.slot
-        return self._peft
+        # The LoRA layers live inside the transformers model itself; generating on it directly skips
+        # the per-step wrapper PeftModelForCausalLM adds around prepare_inputs_for_generation.
+        return self._peft.get_base_model()
 
     @contextlib.contextmanager
     def base(self) -> Iterator[Any]:
@@ -122,7 +124,7 @@ class AdapterPool:
             yield self._base
             return
         with self._peft.disable_adapter():
-            yield self._peft
+            yield self._peft.get_base_model()
 
     def _load(self, adapter: Adapter) -> None:
         check_adapter_dir(adapter.path)

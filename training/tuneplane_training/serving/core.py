@@ -6,16 +6,17 @@ so a fine-tuned model answers the same way on a laptop and in Azure.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from tuneplane_training.serving.adapters import AdapterPool, check_adapter_dir
 from tuneplane_training.serving.chat_request import ChatRequest, parse_chat_request
@@ -36,6 +37,50 @@ class PreparedChat:
     request: ChatRequest
     prompt: dict[str, torch.Tensor]
     max_new_tokens: int
+
+
+class ChunkStream:
+    """An iterator of stream chunks fed by the generation thread.
+
+    ``close()`` only sets a flag, so any thread may call it, even while another thread waits in
+    ``next()`` (the server's reader does, when a client disconnects mid-stream).
+    """
+
+    def __init__(self, request: ChatRequest, chunks: queue.Queue, cancelled: threading.Event) -> None:
+        self._request = request
+        self._chunks = chunks
+        self._cancelled = cancelled
+        self._head = {"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
+                      "model": request.model, "system_fingerprint": None}
+        self._pending = collections.deque([self._chunk([_choice({"role": "assistant", "content": ""})])])
+        self._finished = False
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        while not self._pending:
+            if self._finished:
+                raise StopIteration
+            item = self._chunks.get()
+            if item is _DONE:
+                self._finished = True
+            elif isinstance(item, BaseException):
+                self._finished = True
+                raise item
+            elif isinstance(item, Completion):
+                self._pending.append(self._chunk([_choice({}, item.finish_reason)]))
+                if self._request.include_usage:
+                    self._pending.append(self._chunk([], usage=_usage(item)))
+            else:
+                self._pending.append(self._chunk([_choice({"content": item})]))
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        self._cancelled.set()
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {**self._head, "choices": choices, **extra}
 
 
 class ScoringCore:
@@ -107,9 +152,12 @@ class ScoringCore:
         tokenizer = self._tokenizer_of(request.model)
         if tokenizer.chat_template is None:
             raise InvalidRequest(f"model: {request.model!r} has no chat template.", param="model")
-        prompt = tokenizer.apply_chat_template(
-            request.messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
+        try:
+            prompt = tokenizer.apply_chat_template(
+                request.messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            )
+        except TemplateError as exc:  # e.g. a template that insists on alternating user/assistant turns
+            raise InvalidRequest(f"messages: the model's chat template rejects them: {exc}", param="messages") from exc
         prompt = {key: prompt[key].to(self.device) for key in ("input_ids", "attention_mask")}
         return PreparedChat(request, prompt, self._max_new_tokens(request, prompt["input_ids"].shape[1]))
 
@@ -132,37 +180,22 @@ class ScoringCore:
             "usage": _usage(completion),
         }
 
-    def stream(self, prepared: PreparedChat) -> Iterator[dict[str, Any]]:
-        """``chat.completion.chunk`` objects as the text grows. Closing the iterator early stops generation."""
+    def stream(self, prepared: PreparedChat) -> ChunkStream:
+        """``chat.completion.chunk`` objects as the text grows; ``close()`` stops the generation."""
         chunks: queue.Queue = queue.Queue()
         cancelled = threading.Event()
 
         def work() -> None:
             try:
-                completion = self._generate(prepared, on_delta=chunks.put, cancelled=cancelled)
-                chunks.put(completion)
+                chunks.put(self._generate(prepared, on_delta=chunks.put, cancelled=cancelled))
             except BaseException as exc:  # handed to the reader, which re-raises it
                 chunks.put(exc)
             finally:
                 chunks.put(_DONE)
 
-        worker = threading.Thread(target=work, name="tuneplane-generate", daemon=True)
-        head = {"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": prepared.request.model, "system_fingerprint": None}
-        worker.start()
-        try:
-            yield {**head, "choices": [_choice({"role": "assistant", "content": ""})]}
-            while (item := chunks.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, Completion):
-                    yield {**head, "choices": [_choice({}, item.finish_reason)]}
-                    if prepared.request.include_usage:
-                        yield {**head, "choices": [], "usage": _usage(item)}
-                else:
-                    yield {**head, "choices": [_choice({"content": item})]}
-        finally:
-            cancelled.set()
+        stream = ChunkStream(prepared.request, chunks, cancelled)
+        threading.Thread(target=work, name="tuneplane-generate", daemon=True).start()
+        return stream
 
     def chat(self, body: Any, *, default_model: str | None = None) -> dict[str, Any]:
         return self.complete(self.prepare(body, default_model=default_model))

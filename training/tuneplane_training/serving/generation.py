@@ -84,14 +84,14 @@ class TextTracker(StoppingCriteria):
     def _held_back(self, text: str) -> int:
         # An unfinished multi-byte character decodes as one trailing U+FFFD (at most 3 bytes are
         # pending); replacement characters before those are invalid bytes that stay invalid.
-        held = min(3, len(text) - len(text.rstrip(_REPLACEMENT)))
-        if held:
-            return held
-        for size in range(min(self._longest_stop - 1, len(text)), 0, -1):
-            tail = text[-size:]
+        pending = min(3, len(text) - len(text.rstrip(_REPLACEMENT)))
+        settled = text[: len(text) - pending]
+        # The settled tail may also be the start of a stop string that the next tokens complete.
+        for size in range(min(self._longest_stop - 1, len(settled)), 0, -1):
+            tail = settled[-size:]
             if any(s.startswith(tail) for s in self._stop):
-                return size
-        return 0
+                return pending + size
+        return pending
 
 
 def generate_completion(
