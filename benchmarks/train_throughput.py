@@ -246,7 +246,7 @@ def plan(name: str, mean_len: float, args: argparse.Namespace) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="random-llama", help='"random-llama" (default) or a catalog name/path')
-    parser.add_argument("--examples", type=int, default=360)
+    parser.add_argument("--examples", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--tokens-per-step", type=int, default=4096)
     parser.add_argument("--packed-batch", type=int, default=2, help="packs per micro-batch")
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuneplane_training.catalog import cache_root
 
     work = Path(tempfile.mkdtemp(prefix="tuneplane-bench-"))
-    model_dir = build_model(args.model, cache_root() / "models")
+    model_dir = build_model(args.model, cache_root())
     rows = heavy_tailed_rows(args.examples, args.seed)
     train_file = work / "train.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = gemm_peak_flops(args.threads)
     print(f"model {args.model} ({model_dir}); {len(rows)} examples, {sum(lengths)} tokens, length mean "
           f"{mean_len:.0f} / median {sorted(lengths)[len(lengths) // 2]} / max {max(lengths)} "
-          f"(max_length {args.max_length}); {args.threads} threads; fp32 GEMM peak {peak / 1e9:.1f} GFLOP/s")
+          f"(max_length {args.max_length}); {args.threads} threads; fp32 GEMM peak {peak / 1e9:.1f} GFLOP/s", flush=True)
 
     names = ["ours", "trl", "trl-packed"] + (["ours-unpacked"] if args.with_unpacked else [])
     results: dict[str, dict[str, Any]] = {}

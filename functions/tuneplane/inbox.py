@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tuneplane.ports import NotFound
 from tuneplane.retraining import BlobCreated, RetrainingHandler
 
 log = logging.getLogger("tuneplane.inbox")
@@ -45,7 +46,7 @@ class InboxSource:
     def file(self, container: str, path: str) -> Path:
         target = (self.root / container / path).resolve()
         if not target.is_relative_to(self.root.resolve()) or not target.is_file():
-            raise FileNotFoundError(f"{container}/{path} is not a file in the inbox")
+            raise NotFound(f"{container}/{path} is not a file in the inbox")
         return target
 
     def open_read(self, container: str, path: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
@@ -108,24 +109,29 @@ class ContainerSource:
         self.service = service
 
     def open_read(self, container: str, path: str) -> Iterator[bytes]:
-        downloader = self.service.get_blob_client(container, path).download_blob()
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            downloader = self.service.get_blob_client(container, path).download_blob()
+        except ResourceNotFoundError as error:
+            raise NotFound(f"{container}/{path}") from error
         yield from downloader.chunks()
 
 
 class ContainerFeed:
-    def __init__(self, service: Any, handler: RetrainingHandler, containers: Callable[[], set[str]]):
+    def __init__(self, service: Any, handler: RetrainingHandler, prefixes: Callable[[], set[tuple[str, str]]]):
         self.service = service
         self.handler = handler
-        self.containers = containers  # the containers some policy watches, asked on every scan
+        self.prefixes = prefixes  # (container, folder) pairs that some policy watches, asked on every scan
         self._done: set[tuple[str, str, str]] = set()
 
     def scan_once(self) -> list[BlobCreated]:
         from azure.core.exceptions import ResourceNotFoundError
 
         handed = []
-        for container in sorted(self.containers()):
+        for container, folder in sorted(self.prefixes()):
             try:
-                blobs = list(self.service.get_container_client(container).list_blobs())
+                blobs = list(self.service.get_container_client(container).list_blobs(name_starts_with=folder or None))
             except ResourceNotFoundError:
                 continue
             for item in blobs:
@@ -188,7 +194,7 @@ def build_feed(settings: Any, handler: RetrainingHandler, policies: Any) -> Feed
         if not azure.storage_connection_string:
             return None
         feed: Any = ContainerFeed(azure.storage_account().blob_service(), handler,
-                                  lambda: {p.blob_prefix.container for p in policies.all_policies()})
+                                  lambda: {(p.blob_prefix.container, p.blob_prefix.path) for p in policies.all_policies()})
     else:
         feed = InboxFeed(settings.home / "inbox", handler, quiet_seconds=settings.inbox_quiet_seconds)
     return FeedThread(feed, settings.inbox_scan_seconds)

@@ -315,12 +315,15 @@ def _succeed(ctx: ReconcileContext, job: JobRecord, backend: TrainingBackend, st
                     base_model=root_base, tags={**tags, "checkpoint_step": str(checkpoint.step_number)},
                 )
     deployment = job.deployment
-    if job.deploy and (deployment is None or deployment.get("status") in (None, "pending")):
+    if job.deploy and (deployment is None or deployment.get("status") in (None, "pending", "deploying")):
         verdict = ctx.promotion.decide(job, name) if ctx.promotion is not None else None
         if verdict is not None and not verdict[0]:
             deployment = {"status": "not_promoted", "model": name, "reason": verdict[1]}
             _event(ctx, job, f"Not deployed: {verdict[1]}", stamp=_stamp(finished, 1), key="not-promoted", level="warn")
         else:
+            if ctx.deployer is not None and (deployment or {}).get("status") != "deploying":
+                # Show the deployment in progress: a local deploy waits for the model to answer.
+                job = _with(ctx, job, deployment={"status": "deploying", "model": name})
             deployment = _deploy(ctx, job, name, root_base, source_uri)
             if ctx.promotion is not None and verdict is not None:
                 ctx.promotion.promoted(job, name, deployment)
@@ -386,6 +389,11 @@ def _update(ctx: ReconcileContext, job: JobRecord, **changes: Any) -> bool:
     # Validated, not model_copy'd: a malformed change fails here instead of being stored.
     ctx.jobs.update_job(JobRecord.model_validate({**job.model_dump(), **changes}))  # Conflict: retried next pass
     return True
+
+
+def _with(ctx: ReconcileContext, job: JobRecord, **changes: Any) -> JobRecord:
+    """Store a change that is not a transition, and go on with the stored record."""
+    return ctx.jobs.update_job(JobRecord.model_validate({**job.model_dump(), **changes}))
 
 
 def _reachable(current: str, new: str) -> bool:

@@ -39,7 +39,7 @@ from tuneplane.domain.policies import (
     TriggerRecord,
 )
 from tuneplane.domain.records import JobRecord
-from tuneplane.ports import AlreadyExists, Conflict, JobStore
+from tuneplane.ports import AlreadyExists, Conflict, JobStore, NotFound
 from tuneplane.services.files import FileService
 from tuneplane.services.jobs import JobService
 
@@ -70,7 +70,8 @@ class PolicyStore(Protocol):
 
 
 class BlobSource(Protocol):
-    """Where triggering blobs are read from: a blob container in Azure, the inbox folder locally."""
+    """Where triggering blobs are read from: a blob container in Azure, the inbox folder locally.
+    A missing blob raises tuneplane.ports.NotFound (when iterated)."""
 
     def open_read(self, container: str, path: str) -> Iterator[bytes]: ...
 
@@ -116,6 +117,10 @@ class PolicyService:
         if lineage is not None:
             if lineage != req.name and self.store.find_policy(project, lineage) is None:
                 raise bad_request(f"model: lineage policy '{lineage}' does not exist.", param="model", code="model_not_found")
+            # Training continues from a full model folder only (the reconciler refuses adapter bases).
+            if req.peft is None or req.peft.type != "full":
+                raise bad_request("A lineage policy continues from its last promoted model, which must be fully "
+                                  "fine-tuned: set peft.type to 'full'.", param="peft.type")
         else:
             self.jobs._check_model(project, req.model)
         try:  # the jobs this policy will create must pass job validation: check the shape now
@@ -206,7 +211,14 @@ class RetrainingHandler:
                                 level="warn")
         try:
             record = self._import(policy, blob)
+            # What job creation will check of the file (format for the method, enough examples): an
+            # unusable file is refused here, before it takes the debounce slot.
+            self.jobs._check_file(policy.project, record.id, "training_file", policy.method, self.jobs.min_examples)
+        except NotFound:  # deleted before we read it: a retry cannot bring it back
+            return self._settle(policy, base, "skipped", now, f"Skipped {blob.blob}: the blob no longer exists.", level="warn")
         except ApiError as err:
+            if err.param == "training_file":
+                self.files.delete(policy.project, record.id)
             outcome = self._settle(policy, base, "invalid", now, f"{blob.blob} was not imported: {err.message}",
                                    level="error", data={"param": err.param, "code": err.code})
             self._announce_invalid(policy, outcome, err)

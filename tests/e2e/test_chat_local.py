@@ -46,7 +46,7 @@ def free_port() -> int:
 def training_file(answer: str) -> bytes:
     lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]})
              for q in TRAINED_PROMPTS]
-    return ("\n".join(lines * 2) + "\n").encode()  # 16 examples: the minimum is 10
+    return ("\n".join(lines + lines[:2]) + "\n").encode()  # 10 examples: the minimum
 
 
 class Receiver:
@@ -107,6 +107,14 @@ class Service:
             self.process.wait()
 
 
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def ask(client: OpenAI, model: str, prompt: str, **kwargs) -> str:
     response = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": prompt}], max_tokens=8, temperature=0, **kwargs)
@@ -126,7 +134,7 @@ def trained(tmp_path_factory):
             jobs[suffix] = service.client.fine_tuning.jobs.create(
                 model=BASE, training_file=upload.id, suffix=suffix, seed=7,
                 method={"type": "supervised", "supervised": {"hyperparameters": {
-                    "n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": 100}}},
+                    "n_epochs": epochs, "batch_size": 5, "learning_rate_multiplier": 100}}},
                 extra_body={"peft": {"type": "lora", "r": 16, "alpha": 32}},
             )
         deadline = time.monotonic() + 420
@@ -140,8 +148,14 @@ def trained(tmp_path_factory):
             pytest.fail(f"jobs did not succeed in time: {[j.status for j in jobs.values()]}")
         yield service, jobs, receiver, hook
     finally:
+        pids = service.inference_pids() if (service.home / "deployments" / "deployments.json").exists() else []
         service.stop()
         receiver.server.shutdown()
+    # Stopping the control plane stops the inference processes it started.
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if alive(pid)]
 
 
 def test_fine_tuned_models_answer_what_they_learned_and_the_base_does_not(trained):

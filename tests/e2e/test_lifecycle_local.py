@@ -139,11 +139,12 @@ def upload(client) -> str:
     return client.files.create(file=("capitals.jsonl", body), purpose="fine-tune").id
 
 
-def create(client, training_file: str, *, n_epochs: int, batch_size: int, suffix: str):
+def create(client, training_file: str, *, n_epochs: int, batch_size: int, suffix: str, deploy: bool = False):
+    # Only the first test deploys: a deployment starts an inference process, which costs seconds.
     return client.fine_tuning.jobs.create(
         model="tiny-random-llama", training_file=training_file, suffix=suffix, seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": n_epochs, "batch_size": batch_size}}},
-        extra_body={"peft": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}},
+        extra_body={"peft": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}, "deploy": deploy},
     )
 
 
@@ -167,7 +168,7 @@ def service(tmp_path_factory):
 def test_two_jobs_run_one_at_a_time_to_success(service):
     client = service.client
     training = upload(client)
-    jobs = [create(client, training, n_epochs=2, batch_size=5, suffix=f"cap{i}") for i in range(2)]
+    jobs = [create(client, training, n_epochs=2, batch_size=5, suffix=f"cap{i}", deploy=i == 0) for i in range(2)]
     assert [j.status for j in jobs] == ["queued", "queued"]
     both_running = []
 
@@ -202,8 +203,10 @@ def test_two_jobs_run_one_at_a_time_to_success(service):
     registry = list((service.home / "registry" / "default").glob("*/v1/entry.json"))
     names = {json.loads(p.read_text())["name"] for p in registry}
     assert {job.fine_tuned_model, f"{job.fine_tuned_model}:ckpt-step-2"} <= names
-    deployment = client.fine_tuning.jobs.retrieve(job.id).model_extra.get("deployment")
-    assert deployment and deployment["model"] == job.fine_tuned_model
+    # deploy=true: the reconciler deployed it before calling the job done; deploy=false: no deployment.
+    deployment = job.model_extra.get("deployment")
+    assert deployment["model"] == job.fine_tuned_model and deployment["status"] == "succeeded", deployment
+    assert client.fine_tuning.jobs.retrieve(jobs[1].id).model_extra.get("deployment") is None
 
 
 def test_cancel_a_running_job(service):
@@ -246,7 +249,7 @@ def test_kill_9_of_the_server_mid_training_then_restart_finishes_exactly_once(tm
     svc.start()
     try:
         client = svc.client
-        job = create(client, upload(client), n_epochs=3, batch_size=2, suffix="crash")
+        job = create(client, upload(client), n_epochs=2, batch_size=2, suffix="crash")
         wait_for(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data))
         most_alive = []
         stop_watching = threading.Event()
@@ -276,7 +279,7 @@ def test_kill_9_of_the_server_mid_training_then_restart_finishes_exactly_once(tm
         assert messages.count("The job has successfully completed") == 1
         assert messages.count("Fine-tuning job started") == 1
         steps = [e.data["step"] for e in events if e.type == "metrics"]
-        assert sorted(steps) == list(range(1, 16)), "every step trained exactly once"
+        assert sorted(steps) == list(range(1, 11)), "every step trained exactly once"
         assert json.loads((run / "output" / "manifest.json").read_text())
     finally:
         svc.stop()

@@ -53,6 +53,9 @@ def test_event_grid_triggers(loaded):
     assert _trigger(loaded.bindings, "training_blob_created")["type"] == "eventGridTrigger"
     assert _trigger(loaded.bindings, "azureml_run_completed")["type"] == "eventGridTrigger"
     assert set(loaded.bindings) == {"http_app_func", "reconcile", "training_blob_created", "azureml_run_completed"}
+    from tuneplane.retraining import BLOB_CREATED
+
+    assert loaded.module.BLOB_CREATED == BLOB_CREATED
 
 
 def test_host_json_keeps_local_paths():

@@ -172,11 +172,12 @@ def test_queued_job_runs_to_success_with_everything_recorded(world):
 
 
 def test_deployer_is_called_once_and_tracked_on_the_job(world):
-    calls = []
+    calls, during = [], []
 
     class RecordingDeployer:  # stands in for the serving helper's local deployer in this unit test
         def deploy(self, *, project, model, base_model, source_uri):
             calls.append((project, model, base_model, Path(source_uri).name))
+            during.append(world.get(job).deployment)
             return {"status": "succeeded", "endpoint": "http://127.0.0.1:1/v1"}
 
         def status(self, project, model):
@@ -191,6 +192,7 @@ def test_deployer_is_called_once_and_tracked_on_the_job(world):
     reconcile_once(ctx)
     assert calls == [("default", f"ft:{job.model}:default:demo:{job.id}", job.model, "artifacts")]
     assert world.get(job).deployment["status"] == "succeeded"
+    assert during == [{"status": "deploying", "model": calls[0][1]}], "progress shows while it deploys"
 
 
 def test_deploy_false_skips_deployment(world):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import http.server
 import json
+import os
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from tests.functions.function_app_harness import load
 from tuneplane.domain.ids import new_id
 from tuneplane.domain.policies import PolicyRecord
 from tuneplane.domain.records import EventRecord, JobRecord
+from tuneplane.ports import NotFound
 from tuneplane.retraining import BlobCreated, PromotionGate, RetrainingHandler
 from tuneplane.services.keys import issue_key
 from tuneplane.webhooks import sign
@@ -112,6 +114,8 @@ def test_policies_crud_with_project_isolation(loaded):
     ({"promotion": {"margin": -1}, "validation_file": "file-x"}, "promotion.margin"),
     ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
     ({"min_interval_seconds": -5}, "min_interval_seconds"),
+    ({"model": "lineage:bad"}, "peft.type"),  # continuing needs a full model, not an adapter
+    ({"unknown_field": 1}, "unknown_field"),
     ({"validation_file": "file-missing", "promotion": None}, "validation_file"),
 ])
 def test_invalid_policies_are_refused_naming_the_field(loaded, change, param):
@@ -161,6 +165,22 @@ def test_a_blob_no_policy_covers_starts_nothing(loaded):
     assert file_ids(loaded) == files_before
 
 
+def test_other_events_and_malformed_subjects_are_ignored(loaded):
+    container = new_container()
+    policy = create_policy(loaded, container)
+    drop(loaded, container, "support/x.jsonl", chat_jsonl(12))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for event_type, subject in [
+        ("Microsoft.Storage.BlobDeleted", f"/blobServices/default/containers/{container}/blobs/support/x.jsonl"),
+        ("Microsoft.Storage.BlobCreated", f"/blobServices/default/containers/{container}"),
+        ("Microsoft.Storage.BlobCreated", "/somewhere/else"),
+    ]:
+        loaded.user_function("training_blob_created")(func.EventGridEvent(
+            id=str(uuid.uuid4()), topic="/t", subject=subject, event_type=event_type, event_time=now, data_version="", data={}))
+    assert jobs_of(loaded, policy) == []
+    assert policy_events(loaded, policy) == []
+
+
 class Receiver(http.server.BaseHTTPRequestHandler):
     received: list = []
 
@@ -208,6 +228,25 @@ def test_an_invalid_file_records_an_event_sends_a_webhook_and_starts_nothing(loa
         server.server_close()
 
 
+def test_unusable_or_missing_blobs_start_nothing_and_leave_nothing(loaded):
+    from tests.conftest import dpo_jsonl
+
+    container = new_container()
+    policy = create_policy(loaded, container)
+    files_before = file_ids(loaded)
+    drop(loaded, container, "support/few.jsonl", chat_jsonl(3))  # valid lines, too few examples
+    deliver(loaded, container, "support/few.jsonl")
+    drop(loaded, container, "support/prefs.jsonl", dpo_jsonl(12))  # preference data for a supervised policy
+    deliver(loaded, container, "support/prefs.jsonl")
+    deliver(loaded, container, "support/gone.jsonl")  # deleted before the event arrived
+    assert jobs_of(loaded, policy) == []
+    assert file_ids(loaded) == files_before
+    messages = {e["data"]["blob"].rsplit("/", 1)[-1]: e for e in policy_events(loaded, policy)}
+    assert messages["few.jsonl"]["level"] == "error" and "at least 10" in messages["few.jsonl"]["message"]
+    assert messages["prefs.jsonl"]["data"]["code"] == "invalid_file_format"
+    assert messages["gone.jsonl"]["level"] == "warn" and "no longer exists" in messages["gone.jsonl"]["message"]
+
+
 def test_duplicate_deliveries_start_exactly_one_job(loaded):
     container = new_container()
     policy = create_policy(loaded, container)
@@ -252,14 +291,29 @@ def test_debounce_skips_blobs_within_the_minimum_interval(loaded):
     assert len(jobs_of(loaded, policy)) == 2
 
 
-def test_lineage_waits_for_a_promoted_model(loaded):
+def test_lineage_waits_for_a_promoted_model_then_continues_from_it(loaded):
     container = new_container()
     name = f"lin{uuid.uuid4().hex[:6]}"
-    policy = create_policy(loaded, container, name=name, model=f"lineage:{name}")
+    policy = create_policy(loaded, container, name=name, model=f"lineage:{name}", peft={"type": "full"})
     drop(loaded, container, "support/l.jsonl", chat_jsonl(12))
     deliver(loaded, container, "support/l.jsonl", etag="0xL")
     assert jobs_of(loaded, policy) == []
     assert any("no promoted model" in e["message"] for e in policy_events(loaded, policy))
+
+    # Once the policy has promoted a model, the next blob trains on top of it.
+    jobs, store = loaded.state.adapters.jobs, loaded.state.adapters.policies
+    source = JobRecord(id=new_id("ftjob"), project="default", created_at=int(time.time()), status="succeeded",
+                       model="tiny-random-llama", training_file="file-x", seed=1,
+                       method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}})
+    source = source.model_copy(update={"fine_tuned_model": f"ft:tiny-random-llama:default::{source.id}"})
+    jobs.create_job(source)
+    current = store.get_policy("default", policy["id"])
+    store.update_policy(current.model_copy(update={"promoted_model": source.fine_tuned_model, "promoted_job": source.id}))
+    drop(loaded, container, "support/l2.jsonl", chat_jsonl(12))
+    deliver(loaded, container, "support/l2.jsonl", etag="0xL2")
+    [job] = jobs_of(loaded, policy)
+    assert job.model == source.fine_tuned_model and job.metadata["parent_model"] == source.fine_tuned_model
+    assert job.peft["type"] == "full"
 
 
 # -- the promotion gate --------------------------------------------------------------------------
@@ -324,3 +378,60 @@ def test_promotion_gate_ignores_jobs_no_policy_started(loaded):
     gate = PromotionGate(loaded.state.adapters.policies, loaded.state.adapters.jobs)
     job = _finished_job(loaded, "rtpol-none", 1.0).model_copy(update={"metadata": None})
     assert gate.decide(job, "ft:plain") is None
+
+
+# -- the inbox feed ------------------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self):
+        self.blobs: list[BlobCreated] = []
+
+    def blob_created(self, blob: BlobCreated):
+        self.blobs.append(blob)
+        return []
+
+
+def test_inbox_feed_picks_up_only_whole_quiescent_files(tmp_path):
+    from tuneplane.inbox import InboxFeed
+
+    now = [time.time() + 100]  # the feed's clock; file mtimes are real
+    recorder = Recorder()
+    feed = InboxFeed(tmp_path, recorder, quiet_seconds=5, clock=lambda: now[0])
+    folder = tmp_path / "training-data" / "support"
+    folder.mkdir(parents=True)
+    growing = folder / "day.jsonl"
+    growing.write_bytes(chat_jsonl(3))
+    for name in (".day2.jsonl", "day3.jsonl.part", "day4.jsonl.tmp", "day5.jsonl~", "notes.txt"):
+        (folder / name).write_bytes(chat_jsonl(12))  # temporary names and non-training files: never read
+    assert feed.scan_once() == []  # first sight: not yet known to be stable
+    with open(growing, "ab") as handle:  # still being written
+        handle.write(chat_jsonl(2))
+    assert feed.scan_once() == []
+    assert feed.scan_once() != []  # same size and mtime twice, and quiet for 5 s by the feed's clock
+    [blob] = recorder.blobs
+    assert (blob.container, blob.path) == ("training-data", "support/day.jsonl")
+    assert feed.scan_once() == []  # handed over once
+
+    # A file modified just now is not quiet yet, even if it looks stable across two scans.
+    fresh = folder / "fresh.jsonl"
+    fresh.write_bytes(chat_jsonl(12))
+    now[0] = time.time()
+    assert feed.scan_once() == [] and feed.scan_once() == []
+    now[0] = time.time() + 100
+    assert [b.path for b in feed.scan_once()] == ["support/fresh.jsonl"]
+    # A rewrite is a new version (new etag): handed over again, once it is quiescent.
+    growing.write_bytes(chat_jsonl(12))
+    os.utime(growing, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert feed.scan_once() == []
+    assert [b.path for b in feed.scan_once()] == ["support/day.jsonl"]
+    assert recorder.blobs[-1].etag != blob.etag
+
+
+def test_inbox_source_refuses_paths_outside_the_inbox(tmp_path):
+    from tuneplane.inbox import InboxSource
+
+    (tmp_path / "secret.jsonl").write_text("{}")
+    (tmp_path / "inbox" / "c1").mkdir(parents=True)
+    with pytest.raises(NotFound):
+        list(InboxSource(tmp_path / "inbox").open_read("c1", "../../secret.jsonl"))

@@ -149,7 +149,7 @@ def test_two_cpu_ranks_train_end_to_end(tmp_path, make_spec, tiny_model_dir, dis
                           hyperparameters={"n_epochs": EPOCHS, "batch_size": BATCH, "learning_rate": 1e-2},
                           distribution={**distribution, "num_processes": RANKS})
     out = tmp_path / "out"
-    result = run_trainer(spec_path, out, timeout=240)
+    result = run_trainer(spec_path, out, timeout=540)
     assert result.returncode == 0, result.stderr[-4000:]
 
     # Each rank sees half the examples per step, so an epoch has half the steps of a 1-process run.

@@ -8,7 +8,6 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from conftest import dpo_rows, write_jsonl
 from tuneplane_training.data import ChatRenderer, load_preference_pairs
 from tuneplane_training.loop import sequence_logprobs
 from tuneplane_training.packing import PaddedCollator
@@ -93,3 +92,5 @@ def test_dpo_raises_preference_accuracy(tmp_path, make_spec, tiny_tokenizer):
     assert accuracy(result.model) >= 0.75
     losses = _train_losses(out)
     assert losses[-1] < losses[0]
+    metrics = [e["data"] for e in map(json.loads, (out / "events.jsonl").read_text().splitlines()) if e["type"] == "metrics"]
+    assert metrics[0]["train_reward_accuracy"] == 0.0 and metrics[-1]["train_reward_accuracy"] > 0.5

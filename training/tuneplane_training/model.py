@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,16 @@ import torch
 from .spec import TrainingSpec
 
 
+class ModelSpecError(ValueError):
+    """The spec asks for something this model or machine cannot do (exit code 2)."""
+
+
 def compute_dtype(spec: TrainingSpec) -> torch.dtype:
     if spec.precision == "bf16":
         return torch.bfloat16
     if spec.precision == "fp16":
+        if not torch.cuda.is_available():
+            raise ModelSpecError("spec field precision: fp16 needs a GPU (use bf16 or fp32 on CPU)")
         return torch.float16
     if spec.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
@@ -42,7 +49,10 @@ def load_model(spec: TrainingSpec, model_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(spec)
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attention_implementation()}
+    # Full fine-tuning keeps fp32 master weights (bf16/fp16 run as autocast); adapters only need the
+    # frozen base in the compute dtype, which halves its memory.
+    load_dtype = torch.float32 if spec.peft.type == "full" else dtype
+    kwargs: dict[str, Any] = {"dtype": load_dtype, "attn_implementation": attention_implementation()}
     if spec.peft.type == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -53,7 +63,7 @@ def load_model(spec: TrainingSpec, model_dir: Path) -> Any:
             bnb_4bit_compute_dtype=dtype,
         )
         if torch.cuda.is_available():
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # this rank's GPU
         else:
             kwargs["device_map"] = {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
@@ -77,10 +87,6 @@ def load_model(spec: TrainingSpec, model_dir: Path) -> Any:
         return get_peft_model(model, config)
     except ValueError as exc:  # e.g. a target module that does not exist in this model
         raise ModelSpecError(f"spec field peft.target_modules: {exc}") from exc
-
-
-class ModelSpecError(ValueError):
-    """The spec asks for something this model cannot do (exit code 2)."""
 
 
 def parameter_counts(model: Any) -> dict[str, int]:

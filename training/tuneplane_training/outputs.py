@@ -38,6 +38,18 @@ class EventLog:
         self.path = Path(output_dir) / "events.jsonl"
         self.enabled = enabled
         self.seq = self._last_seq() if enabled else 0
+        if enabled:
+            self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        # A run killed mid-write can leave a last line without its newline; close it so our first
+        # event starts on a line of its own (readers skip the torn one).
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
 
     def _last_seq(self) -> int:
         if not self.path.is_file():
@@ -73,7 +85,7 @@ class EventLog:
             if data.get(key) is not None:
                 parts.append(f"{key}={data[key]:.4f}")
         self.emit(": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0],
-                  type_="metrics", data={k: data.get(k) for k in METRIC_KEYS})
+                  type_="metrics", data={**{k: None for k in METRIC_KEYS}, **data})
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

@@ -16,7 +16,7 @@ from . import distributed
 from .catalog import resolve_base_model
 from .data import ChatRenderer, DataError, LoadReport, load_chat_examples, load_preference_pairs
 from .loop import ContractCallback, StopRequest, TuneplaneTrainer
-from .model import load_model, load_tokenizer, parameter_counts
+from .model import compute_dtype, load_model, load_tokenizer, parameter_counts
 from .outputs import EventLog, complete_checkpoints, read_checkpoint_marker, write_manifest, write_results_csv
 from .packing import PackedCollator, PaddedCollator, pack
 from .spec import TrainingSpec
@@ -177,8 +177,7 @@ def train(spec: TrainingSpec, output_dir: Path, stop: StopRequest | None = None)
     set_seed(spec.seed)
     model = load_model(spec, model_dir)
     counts = parameter_counts(model)
-    args = _training_arguments(spec, checkpoints_dir, next(model.parameters()).dtype
-                               if spec.peft.type != "qlora" else torch.float32)
+    args = _training_arguments(spec, checkpoints_dir, compute_dtype(spec))
     trainer = TuneplaneTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                processing_class=tokenizer, method=spec.method.type, beta=spec.method.dpo.beta)
     callback = ContractCallback(trainer, events, output_dir, every_n_steps=spec.checkpoint.every_n_steps, stop=stop,

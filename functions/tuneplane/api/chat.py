@@ -121,9 +121,10 @@ async def _proxy(routing: ChatRouting, project: str, model: str, body: dict[str,
     try:
         try:
             upstream = await _send(client, url, body)
-        except httpx.ConnectError:
-            # The process died since it was last seen healthy: start it again (its adapters are
-            # registered again too) and retry once.
+        except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+            # The process died since it was last seen healthy (a connection refused, or reset before
+            # any answer): start it again (its adapters are registered again too) and retry once.
+            # Generation has no side effects, so the retry is safe.
             url = await routing.revive(project, model)
             if url is None:
                 raise ApiError(404, f"The model '{model}' is not deployed.", param="model", code="model_not_found")

@@ -328,10 +328,7 @@ class AzureDeployer:
                 response.raise_for_status()  # retried below as a transient failure
             return response
 
-        try:
-            response = self.retry.call(f"call the deployment of {model}", post)
-        except PermanentBackendError:
-            raise
+        response = self.retry.call(f"call the deployment of {model}", post)
         try:
             payload = response.json()
         except ValueError:

@@ -120,7 +120,7 @@ class LocalRunner:
     ):
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
-        self.runs_dir = Path(home) / "runs"
+        self.runs_dir = Path(home).resolve() / "runs"  # absolute: the supervisor may outlive our cwd
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.max_concurrent = max_concurrent
         self.trainer_command = list(trainer_command or default_trainer_command())

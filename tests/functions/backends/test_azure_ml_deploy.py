@@ -131,7 +131,8 @@ def test_a_ready_deployment_gets_traffic_only_when_none_has_any(ml, deployer):
     written = ml.online_endpoints.begin_create_or_update.call_args.args[0]
     assert written.traffic == {entity.name: 100}
     assert (written.auth_mode, written.description, written.tags) == ("aad_token", "owned by Pulumi", {"owner": "pulumi"})
-    written._to_rest_object()
+    written._to_dict()
+    assert written._to_rest_online_endpoint(location="westeurope").properties.traffic == {entity.name: 100}
     ml.online_endpoints.get.return_value = _endpoint({"tp-other-123456": 100})
     deployer.status("proj-a", MODEL_A)
     assert ml.online_endpoints.begin_create_or_update.call_count == 1  # someone has traffic: left alone
