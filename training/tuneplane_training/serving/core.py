@@ -84,6 +84,14 @@ class ChunkStream:
 
 
 class ScoringCore:
+    """One base model (a catalog name, a folder, or a full fine-tuned model served as its own base)
+    answering chat completions for itself, under ``served_name``, and for every registered adapter.
+
+    ``register_adapter`` loads at once, so a bad folder is a 400 at registration; at most
+    ``max_loaded_adapters`` stay in memory and an evicted one is reloaded on its next request.
+    Requests are served one at a time: the model has one active adapter.
+    """
+
     def __init__(
         self,
         base_model: str,
