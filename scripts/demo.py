@@ -23,7 +23,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "json_answers"
 BASE = "SmolLM2-135M-Instruct"
-HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5}
+HYPERPARAMETERS = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 5}
 PEFT = {"type": "lora", "r": 16, "alpha": 32}
 console = Console()
 

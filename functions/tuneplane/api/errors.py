@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tuneplane.ports import BackendError
+
 log = logging.getLogger("tuneplane.api")
 
 INVALID_REQUEST = "invalid_request_error"
@@ -109,6 +111,14 @@ def _validation_message(err: dict, param: str | None) -> str:
     return f"Invalid value for '{param}': {msg}." if param else f"Invalid request body: {msg}."
 
 
+def backend_unavailable(exc: BackendError) -> JSONResponse:
+    """Azure misconfigured (the message names the setting, ``param`` too) or unreachable: a 503 in
+    the envelope, never a traceback; what was accepted stays stored and the reconciler resumes."""
+    log.warning("backend unavailable: %s: %s", exc.code, exc.message)
+    return error_response(ApiError(503, exc.message, param=getattr(exc, "setting", None), code=exc.code,
+                                   type="server_error", headers={"Retry-After": "30"}))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -134,8 +144,14 @@ def install_error_handlers(app: FastAPI) -> None:
             ApiError(exc.status_code, message, code=codes.get(exc.status_code), headers=getattr(exc, "headers", None))
         )
 
+    @app.exception_handler(BackendError)
+    async def _backend(request: Request, exc: BackendError):
+        return backend_unavailable(exc)
+
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):
+        if isinstance(exc, BackendError):  # raised in a middleware (auth's key lookup), past _backend
+            return backend_unavailable(exc)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
             ApiError(500, "The server had an error while processing your request.", type="server_error", code="internal_error")

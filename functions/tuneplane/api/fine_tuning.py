@@ -52,7 +52,7 @@ def jobs_router(service: JobService) -> APIRouter:
     ):
         project = project_of(request)
         job, created = service.create(project, body, idempotency_key=idempotency_key)
-        headers = None if created else {"Idempotent-Replayed": "true"}
+        headers = None if created or body.dry_run else {"Idempotent-Replayed": "true"}
         return json_response(render_job(job), headers=headers)
 
     @router.get("", response_model=JobList)

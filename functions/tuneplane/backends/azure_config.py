@@ -33,9 +33,11 @@ class AzureSettings(BaseSettings):
     table_url: str | None = Field(None, description="Table service URL, e.g. https://ACCOUNT.table.core.windows.net.")
     blob_url: str | None = Field(None, description="Blob service URL, e.g. https://ACCOUNT.blob.core.windows.net.")
     table_prefix: str = Field("tuneplane", description="Prefix of the Table Storage tables (letters and digits).")
-    container: str = Field("tuneplane-files", description="Blob container for file contents, job inputs and outputs.")
+    files_container: str = Field(
+        "tuneplane-files", description="Blob container for file contents, job inputs and outputs (infra creates it)."
+    )
     datastore: str = Field(
-        "tuneplanefiles", description="Name of the Azure ML datastore registered on that container (infra creates it)."
+        "tuneplanefiles", description="Name of the Azure ML datastore registered on the files container."
     )
     experiment: str = Field("tuneplane", description="Azure ML experiment that groups the training jobs.")
     environment: str | None = Field(
@@ -47,10 +49,10 @@ class AzureSettings(BaseSettings):
     serverless_tier: Literal["standard", "spot"] = Field("standard", description="Queue tier of serverless jobs.")
     job_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="Azure ML limit on a job's run time.")
     endpoint: str | None = Field(None, description="Managed online endpoint (owned by Pulumi) that deployments join.")
-    endpoint_auth: Literal["aad_token", "key"] = Field(
+    endpoint_auth_mode: Literal["aad_token", "key"] = Field(
         "aad_token", description="How the control plane calls the endpoint: an Entra token, or the endpoint key."
     )
-    endpoint_key: str | None = Field(None, description="Endpoint key, if endpoint_auth=key (else it is fetched).")
+    endpoint_key: str | None = Field(None, description="Endpoint key, if endpoint_auth_mode=key (else it is fetched).")
     deployment_instance_type: str = Field(
         "Standard_NC24ads_A100_v4", description="VM size of each per-base-model online deployment."
     )

@@ -151,7 +151,7 @@ class AzureTrainingBackend:
             key = self.contents.key_of(str(uri))
             if key is None:
                 raise PermanentBackendError(
-                    "file_not_on_datastore", f"{field}: {uri} is not in container {self.settings.container}"
+                    "file_not_on_datastore", f"{field}: {uri} is not in container {self.settings.files_container}"
                 )
             try:
                 self.contents.copy(key, folder + target)

@@ -301,7 +301,7 @@ class AzureDeployer:
 
     # -- invoke -------------------------------------------------------------------------------
     def _authorization(self) -> str:
-        if self.settings.endpoint_auth == "key":
+        if self.settings.endpoint_auth_mode == "key":
             key = self.settings.endpoint_key or self.retry.call(
                 "read endpoint keys", self.ml.online_endpoints.get_keys, self.endpoint).primary_key
             return f"Bearer {key}"

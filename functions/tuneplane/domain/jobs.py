@@ -104,6 +104,8 @@ class CreateJobRequest(_Strict):
     peft: PeftConfig | None = None
     compute: str = Field("local", min_length=1, max_length=32)
     deploy: bool = True
+    # Validate and estimate (the ``estimate`` extension) without creating anything.
+    dry_run: bool = False
 
     @field_validator("compute")
     @classmethod

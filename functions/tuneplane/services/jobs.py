@@ -15,6 +15,7 @@ import time
 
 from tuneplane.api.errors import ApiError, bad_request, not_found
 from tuneplane.domain.catalog import Catalog
+from tuneplane.domain.estimate import estimate_for_job
 from tuneplane.domain.ids import new_id, parse_fine_tuned_model
 from tuneplane.domain.jobs import (
     SEED_MAX,
@@ -47,8 +48,9 @@ class JobService:
         self._check_method(req)
         self._check_model(project, req.model)
         training = self._check_file(project, req.training_file, "training_file", method_type, self.min_examples)
+        validation = None
         if req.validation_file is not None:
-            self._check_file(project, req.validation_file, "validation_file", method_type, 1)
+            validation = self._check_file(project, req.validation_file, "validation_file", method_type, 1)
         hyperparameters = resolve_hyperparameters(req.requested_hyperparameters(), training.example_count)
         now = int(time.time())
         record = JobRecord(
@@ -68,6 +70,9 @@ class JobService:
             compute=req.compute,
             deploy=req.deploy,
         )
+        record.estimate = estimate_for_job(record, training.bytes, validation.bytes if validation is not None else 0)
+        if req.dry_run:
+            return record, False  # checked and estimated; nothing is stored
         job, created = self.jobs.create_job(record, idempotency_key=idempotency_key)
         if created:
             self._event(job, f"Validating training file: {job.training_file}", now)

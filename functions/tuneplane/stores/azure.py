@@ -28,7 +28,7 @@ def build_azure_adapters(settings: Any, azure: AzureSettings | None = None) -> A
         files=AzureFileStore(tables),
         jobs=AzureJobStore(tables),
         keys=AzureKeyStore(tables),
-        contents=AzureBlobContentStore(account, azure.container),
+        contents=AzureBlobContentStore(account, azure.files_container),
     )
 
 

@@ -73,7 +73,7 @@ def settings(connection_string: str, container: str, **extra: Any) -> AzureSetti
         resource_group="rg-tuneplane",
         workspace="ws-tuneplane",
         storage_connection_string=connection_string,
-        container=container,
+        files_container=container,
         datastore="tuneplanefiles",
         endpoint="tuneplane-endpoint",
         training_dir=str(ROOT / "training"),

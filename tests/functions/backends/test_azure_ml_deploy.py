@@ -231,7 +231,7 @@ def test_chat_calls_the_deployment_with_an_entra_token(ml, deployer, scoring_ser
 def test_chat_with_the_endpoint_key(ml, contents, azurite, scoring_server):  # noqa: F811
     from azure.ai.ml.entities import EndpointAuthKeys, ManagedOnlineEndpoint
 
-    config = settings(azurite.connection_string, contents._container.container_name, endpoint_auth="key")
+    config = settings(azurite.connection_string, contents._container.container_name, endpoint_auth_mode="key")
     deployer = AzureDeployer(ml, contents, config, retry=no_sleep_retry())
     ml.online_endpoints.get.return_value = ManagedOnlineEndpoint(name="tuneplane-endpoint")
     ml.online_endpoints.get.return_value._scoring_uri = scoring_server

@@ -26,7 +26,7 @@ def _build(backend: str, tmp_path, request) -> Adapters:
         azurite = request.getfixturevalue("azurite")
         return build_azure_adapters(None, AzureSettings(
             storage_connection_string=azurite.connection_string,
-            table_prefix=azurite.unique_name("t"), container=azurite.unique_name("c")))
+            table_prefix=azurite.unique_name("t"), files_container=azurite.unique_name("c")))
     raise ValueError(f"no store fixture for backend {backend!r}")
 
 
