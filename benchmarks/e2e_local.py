@@ -1,7 +1,7 @@
 """End-to-end figures for the local deployment.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/e2e_local.py [--base-model SmolLM2-135M-Instruct]
-        [--adapter PATH ...] [--max-tokens 128] [--repeats 3] [--json results.json]
+        [--adapter PATH ...] [--max-tokens 128] [--repeats 5] [--e2e-model NAME] [--json results.json]
 
 Sections (each a function returning a dict of figures, printed and optionally written as JSON):
 - ``measure_generation_speed``: tokens/s of plain transformers+peft ``generate`` against the
@@ -9,7 +9,6 @@ Sections (each a function returning a dict of figures, printed and optionally wr
   base model and adapter with greedy decoding, so all three produce the same tokens.
 - ``measure_adapter_load_and_switch``: adapter load time, switch time between two loaded
   adapters, and the cost of a switch that must reload an evicted adapter.
-
 - ``measure_create_to_first_token``: seconds from ``fine_tuning.jobs.create`` to the first streamed
   chat token of the fine-tuned model, through a real control plane, trainer and local deployment
   (tiny model by default; ``--e2e-model ''`` skips it).
@@ -21,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -270,23 +270,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="base model of the create-to-first-token run ('' skips it)")
     args = parser.parse_args(argv)
 
+    from transformers.utils import logging as transformers_logging
+
     from tuneplane_training.catalog import resolve_base_model
 
+    transformers_logging.disable_progress_bar()
+    # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so server processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base_dir = resolve_base_model(args.base_model)
+    results: dict[str, Any] = {
+        "base_model": args.base_model,
+        "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+    }
     with tempfile.TemporaryDirectory(prefix="tuneplane-bench-") as scratch:
         adapters = list(args.adapter)
         while len(adapters) < 2:
             adapters.append(make_random_adapter(base_dir, Path(scratch) / f"adapter-{len(adapters)}", len(adapters)))
-        results = {
-            "base_model": args.base_model,
-            "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
-            "generation": measure_generation_speed(base_dir, adapters[0], max_tokens=args.max_tokens,
-                                                   repeats=args.repeats),
-            "adapters": measure_adapter_load_and_switch(base_dir, adapters, repeats=args.repeats),
+        sections = {
+            "generation": lambda: measure_generation_speed(base_dir, adapters[0], max_tokens=args.max_tokens,
+                                                           repeats=args.repeats),
+            "adapters": lambda: measure_adapter_load_and_switch(base_dir, adapters, repeats=args.repeats),
         }
-    if args.e2e_model:
-        results["create_to_first_token"] = measure_create_to_first_token(args.e2e_model)
-    print(json.dumps(results, indent=2))
+        if args.e2e_model:
+            sections["create_to_first_token"] = lambda: measure_create_to_first_token(args.e2e_model)
+        for name, measure in sections.items():
+            results[name] = measure()  # printed at once, so a run cut short still reports what it measured
+            print(json.dumps({name: results[name]}, indent=2), flush=True)
     ratios = results["generation"]["ratio_vs_plain"]
     print(f"tokens/s vs plain transformers generate: in-process {ratios['in_process']:.2f}x, "
           f"HTTP {ratios['http']:.2f}x, HTTP streaming {ratios['http_stream']:.2f}x (target >= 1.0x)")

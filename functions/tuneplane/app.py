@@ -16,7 +16,7 @@ from tuneplane import __version__
 from tuneplane.api.auth import AuthMiddleware, require_api_version
 from tuneplane.api.chat import ChatRouting, azure_chat_router, chat_router
 from tuneplane.api.deployments import deployments_router
-from tuneplane.api.errors import install_error_handlers
+from tuneplane.api.errors import install_error_handlers, unavailable_app
 from tuneplane.api.files import files_router
 from tuneplane.api.fine_tuning import jobs_router
 from tuneplane.api.models import models_router
@@ -24,6 +24,7 @@ from tuneplane.api.retraining_policies import retraining_router
 from tuneplane.api.schemas import Health
 from tuneplane.api.webhooks import webhooks_router
 from tuneplane.domain.catalog import Catalog
+from tuneplane.ports import BackendError
 from tuneplane.services.files import FileService
 from tuneplane.services.jobs import JobService
 from tuneplane.services.keys import KeyVerifier, ensure_key
@@ -34,6 +35,13 @@ PREFIXES = (("/v1", True, False), ("/openai/v1", False, False), ("/openai", Fals
 
 
 def create_app(settings: Settings | None = None, adapters: Adapters | None = None) -> FastAPI:
+    try:
+        return _create_app(settings, adapters)
+    except BackendError as exc:  # e.g. TUNEPLANE_BACKEND=azure with a setting missing or refused
+        return unavailable_app(exc)
+
+
+def _create_app(settings: Settings | None = None, adapters: Adapters | None = None) -> FastAPI:
     settings = settings or Settings()
     owns_adapters = adapters is None
     adapters = adapters or build_adapters(settings)

@@ -119,6 +119,20 @@ def backend_unavailable(exc: BackendError) -> JSONResponse:
                                    type="server_error", headers={"Retry-After": "30"}))
 
 
+def unavailable_app(exc: BackendError) -> FastAPI:
+    """The app served when the backend cannot even be built (an Azure setting missing or refused at
+    start-up): the process stays up and every request, /health included, gets the 503 that names
+    the setting, so clients and probes see why instead of a crash loop."""
+    app = FastAPI(title="tuneplane (unavailable)", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.unavailable = exc
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+    async def _unavailable(path: str):
+        return backend_unavailable(exc)
+
+    return app
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):

@@ -8,6 +8,7 @@ if missing; the MLClient makes its first call on the reconciler's first pass.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,7 +22,15 @@ def build_azure_adapters(settings: Any, azure: AzureSettings | None = None) -> A
     from tuneplane.stores.azure_tables import AzureFileStore, AzureJobStore, AzureTables
     from tuneplane.wiring import Adapters
 
+    from tuneplane.ports import BackendMisconfigured
+
     azure = azure or AzureSettings()
+    if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", azure.files_container):
+        raise BackendMisconfigured("TUNEPLANE_AZURE_FILES_CONTAINER", "TUNEPLANE_AZURE_FILES_CONTAINER must be a blob "
+                                   f"container name (3-63 lowercase letters, digits, single hyphens), not {azure.files_container!r}")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,49}", azure.table_prefix):
+        raise BackendMisconfigured("TUNEPLANE_AZURE_TABLE_PREFIX", "TUNEPLANE_AZURE_TABLE_PREFIX must be letters and "
+                                   f"digits starting with a letter (at most 50), not {azure.table_prefix!r}")
     account = azure.storage_account()
     tables = AzureTables(account, azure.table_prefix)
     return Adapters(
