@@ -114,6 +114,7 @@ class Meter:
         self.padded = 0
         self.supervised = 0
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
         self.params: dict[str, int] = {}
 
     def instrument(self, trainer_cls: type) -> None:
@@ -127,11 +128,12 @@ class Meter:
 
         def timed_train(self, *args, **kwargs):
             meter.params = matmul_parameters(self.model)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 return train(self, *args, **kwargs)
             finally:
                 meter.train_seconds = time.perf_counter() - start
+                meter.train_cpu_seconds = time.process_time() - cpu_start
 
         trainer_cls.training_step = training_step
         trainer_cls.train = timed_train
@@ -223,7 +225,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     per_token = 4 * p["frozen"] + 6 * p["trainable"]
     useful = sum(per_token * n + 6 * p["layers"] * p["d_attn"] * n * n for n in meter.example_lengths)
     return {
-        "name": cfg["name"], "train_seconds": meter.train_seconds, "examples": len(meter.example_lengths),
+        "name": cfg["name"], "train_seconds": meter.train_seconds, "train_cpu_seconds": meter.train_cpu_seconds, "examples": len(meter.example_lengths),
         "real_tokens": sum(meter.example_lengths), "supervised_tokens": meter.supervised,
         "padded_tokens": meter.padded, "useful_flops": useful, "params": p,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -232,21 +234,20 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 # ---- orchestration ----------------------------------------------------------------------------------
 
-def plan(name: str, mean_len: float, args: argparse.Namespace) -> dict[str, Any]:
+def plan(packing: bool, mean_len: float, args: argparse.Namespace) -> dict[str, Any]:
     """Micro-batch and accumulation giving ~tokens_per_step real tokens per optimizer step."""
-    if "packed" in name or name == "ours":
-        rows = max(1, args.tokens_per_step // args.max_length)  # packs are nearly full
-        batch = min(rows, args.packed_batch)
+    if packing:
+        rows, cap = max(1, args.tokens_per_step // args.max_length), args.packed_batch  # packs are nearly full
     else:
-        rows = max(1, round(args.tokens_per_step / mean_len))
-        batch = min(rows, args.padded_batch)
-    return {"batch_size": batch, "grad_accum": max(1, round(rows / batch))}
+        rows, cap = max(1, round(args.tokens_per_step / mean_len)), args.padded_batch
+    accumulation = math.ceil(rows / cap)
+    return {"batch_size": max(1, round(rows / accumulation)), "grad_accum": accumulation}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="random-llama", help='"random-llama" (default) or a catalog name/path')
-    parser.add_argument("--examples", type=int, default=100)
+    parser.add_argument("--examples", type=int, default=60)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--tokens-per-step", type=int, default=4096)
     parser.add_argument("--packed-batch", type=int, default=2, help="packs per micro-batch")
@@ -285,9 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     names = ["ours", "trl", "trl-packed"] + (["ours-unpacked"] if args.with_unpacked else [])
     results: dict[str, dict[str, Any]] = {}
     for name in names:
+        packing = name in ("ours", "trl-packed")
         cfg = {"name": name, "work": str(work), "model_dir": str(model_dir), "train_file": str(train_file),
-               "max_length": args.max_length, "packing": name in ("ours", "trl-packed"), "seed": args.seed,
-               "lr": args.lr, "threads": args.threads, **plan(name, mean_len, args)}
+               "max_length": args.max_length, "packing": packing, "seed": args.seed,
+               "lr": args.lr, "threads": args.threads, **plan(packing, mean_len, args)}
         cfg_path = work / f"{name}.json"
         cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
         proc = subprocess.run([sys.executable, __file__, "--worker", str(cfg_path)], capture_output=True, text=True,
@@ -312,21 +314,25 @@ def report(results: dict[str, dict[str, Any]], peak: float) -> None:
     labels = {"ours": "ours (packed, contamination-free)", "trl": "TRL SFTTrainer packing=False",
               "trl-packed": "TRL SFTTrainer packing=True (contaminated)", "ours-unpacked": "ours (packing off)"}
     print(f"\n{'contestant':44} {'real tok/s':>10} {'sup tok/s':>10} {'pad tok/s':>10} {'waste':>6} "
-          f"{'MFU':>6} {'peak RSS':>9}")
+          f"{'MFU':>6} {'peak RSS':>9} {'real tok/CPU-s':>14}")
     for name, r in results.items():
         t = r["train_seconds"]
         r["real_tps"], r["supervised_tps"], r["padded_tps"] = r["real_tokens"] / t, r["supervised_tokens"] / t, r["padded_tokens"] / t
         r["padding_waste"] = 1 - r["real_tokens"] / r["padded_tokens"]
         r["mfu"] = r["useful_flops"] / t / peak
+        # Tokens per CPU-second of the trainer process: less swayed than wall time when other jobs
+        # share the machine (the wall-clock figures are the ones the targets are judged on).
+        r["real_per_cpu_s"] = r["real_tokens"] / r["train_cpu_seconds"]
         print(f"{labels[name]:44} {r['real_tps']:10.0f} {r['supervised_tps']:10.0f} {r['padded_tps']:10.0f} "
-              f"{r['padding_waste']:6.1%} {r['mfu']:6.1%} {r['peak_rss_mib']:7.0f}Mi")
+              f"{r['padding_waste']:6.1%} {r['mfu']:6.1%} {r['peak_rss_mib']:7.0f}Mi {r['real_per_cpu_s']:14.1f}")
     ours = results["ours"]
     print()
     for other, target in (("trl", 2.0), ("trl-packed", 1.0)):
         ratio = ours["real_tps"] / results[other]["real_tps"]
         rss = ours["peak_rss_mib"] / results[other]["peak_rss_mib"]
+        cpu_ratio = ours["real_per_cpu_s"] / results[other]["real_per_cpu_s"]
         print(f"ours / {other:10}: real tokens/s {ratio:5.2f}x (target >= {target:.1f}x: "
-              f"{'met' if ratio >= target else 'MISSED'}), peak RSS {rss:5.2f}x "
+              f"{'met' if ratio >= target else 'MISSED'}; per CPU-second {cpu_ratio:5.2f}x), peak RSS {rss:5.2f}x "
               f"(target <= 1.0x: {'met' if rss <= 1.0 else 'MISSED'})")
 
 

@@ -23,7 +23,7 @@ from tuneplane.services.keys import issue_key
 from tuneplane.settings import Settings
 from tuneplane.wiring import Adapters, build_adapters
 
-E2E_BACKENDS = ["local"]
+E2E_BACKENDS = ["local", "azure"]
 MAX_UPLOAD_BYTES = 256 * 1024  # small, so the oversized-file case stays fast
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,6 +78,8 @@ class Server:
                 after = page[-1].id
             state[f"jobs/{project}"] = sorted(jobs)
         contents = getattr(self.adapters.contents, "root", None)
+        if hasattr(self.adapters.contents, "list_keys"):  # a blob container: only committed blobs list
+            state["contents"] = self.adapters.contents.list_keys("")
         if contents is not None:
             state["contents"] = sorted(p.name for p in Path(contents).iterdir() if p.name != ".tmp")
             state["pending"] = sorted(p.name for p in (Path(contents) / ".tmp").iterdir())
@@ -124,6 +126,18 @@ def backend_settings(backend: str, home: Path) -> Settings:
         # API tests move job states through the store themselves; no reconciler may race them (and
         # none should train their jobs). tests/e2e/test_lifecycle_local.py runs it for real.
         return Settings(backend="local", home=home, reconciler=False)
+    if backend == "azure":
+        # Table and Blob Storage on the session's Azurite (fresh tables and container). The server
+        # reads TUNEPLANE_AZURE_* from the environment it inherits, as the Function App does.
+        from tests.azurite import shared_azurite
+
+        azurite = shared_azurite()
+        os.environ.update({
+            "TUNEPLANE_AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+            "TUNEPLANE_AZURE_TABLE_PREFIX": azurite.unique_name("e"),
+            "TUNEPLANE_AZURE_FILES_CONTAINER": azurite.unique_name("e"),
+        })
+        return Settings(backend="azure", home=home, reconciler=False)
     raise ValueError(f"no e2e settings for backend {backend!r}")
 
 

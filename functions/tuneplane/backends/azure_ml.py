@@ -342,8 +342,6 @@ class AzureTrainingBackend:
     def read_checkpoints(self, job: JobRecord) -> list[CheckpointRecord]:
         from tuneplane.domain.ids import fine_tuned_model_name
 
-        runs = self._runs(job)
-        name = runs[-1][0] if runs else jobs_.attempt_name(job.id, 0)
         prefix = self._output(job, "checkpoints/")
         model = job.fine_tuned_model or fine_tuned_model_name(job.model, job.project, job.user_provided_suffix, job.id)
         found = []
@@ -359,7 +357,8 @@ class AzureTrainingBackend:
             found.append(CheckpointRecord(
                 id=checkpoint_id(job.id, step, created_at), job_id=job.id, created_at=created_at, step_number=step,
                 fine_tuned_model_checkpoint=f"{model}:ckpt-step-{step}", metrics=metrics,
-                location=f"{jobs_.job_output_uri(name)}/paths/checkpoints/checkpoint-{step}",
+                # The datastore path: the same for every attempt (they share the output folder).
+                location=jobs_.datastore_uri(self.settings.datastore, f"{prefix}checkpoint-{step}/"),
             ))
         return sorted(found, key=lambda c: c.step_number)
 

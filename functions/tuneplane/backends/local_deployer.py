@@ -172,36 +172,30 @@ class LocalDeployer:
             if self._healthy(info):
                 self._ready.add(key)
 
-    def stop_server(self, server: str) -> None:
+    def stop_server(self, server: str, *, forget: bool = True) -> None:
+        """Stop the process of ``server`` if this control plane started or adopted it; ``forget``
+        drops its configuration too (otherwise the next use starts it again)."""
         with self._lock_for(server):
+            child = self._children.pop(server, None)
+            owned = child is not None or server in self._ready
             with self._state_lock:
                 state = self._load()
-                info = state["servers"].pop(server, None)
+                info = state["servers"].pop(server, None) or {}
+                if not forget:
+                    state["servers"][server] = {k: v for k, v in info.items() if k in ("source", "served_name")}
                 self._save(state)
             self._ready.discard(server)
-            child = self._children.pop(server, None)
-            pid = child.pid if child else (info or {}).get("pid")
-            if pid and _pid_alive(pid) and (child is None or child.poll() is None):
+            pid = child.pid if child else info.get("pid")
+            if owned and pid and (child.poll() is None if child else _pid_alive(pid)):
                 self._terminate(pid, child)
 
     def close(self) -> None:
-        """Stop every inference process this control plane started or adopted (it is shutting
-        down); deployments stay recorded, so the next start serves them again."""
+        """Stop every inference process (the control plane is shutting down); deployments stay
+        recorded, so the next start serves them again."""
         with self._state_lock:
             servers = list(self._load()["servers"])
         for server in servers:
-            with self._lock_for(server):
-                child = self._children.pop(server, None)
-                with self._state_lock:
-                    state = self._load()
-                    info = state["servers"].get(server) or {}
-                    if server in self._ready or child is not None:
-                        state["servers"][server] = {k: v for k, v in info.items() if k in ("source", "served_name")}
-                        self._save(state)
-                pid = child.pid if child else info.get("pid")
-                if pid and (server in self._ready or child is not None):
-                    self._terminate(pid, child)
-                self._ready.discard(server)
+            self.stop_server(server, forget=False)
         self._http.close()
 
     # -- placement -----------------------------------------------------------------------------

@@ -195,7 +195,8 @@ def test_events_and_checkpoints_come_back_with_stable_ids(backend, contents):
     checkpoints = backend.read_checkpoints(job)
     assert [c.step_number for c in checkpoints] == [10]
     assert checkpoints[0].metrics == {"train_loss": 1.2, "valid_loss": None}
-    assert checkpoints[0].location == f"azureml://jobs/{job.id}/outputs/model/paths/checkpoints/checkpoint-10"
+    assert checkpoints[0].location == (
+        f"azureml://datastores/tuneplanefiles/paths/tuneplane-runs/{job.id}/model/checkpoints/checkpoint-10/")
     assert checkpoints[0].fine_tuned_model_checkpoint.endswith(f":{job.id}:ckpt-step-10")
     assert backend.read_results(job) is None
     contents.put_bytes(f"tuneplane-runs/{job.id}/model/results.csv", b"step,train_loss\n10,1.2\n")
