@@ -33,6 +33,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tuneplane_training.catalog import cache_root
 
-    work = Path(tempfile.mkdtemp(prefix="tuneplane-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="tuneplane-train-bench-"))
     model_dir = build_model(args.model, cache_root())
     rows = heavy_tailed_rows(args.examples, args.seed)
     train_file = work / "train.jsonl"
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             print(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+            shutil.rmtree(work, ignore_errors=True)
             return 1
         result = json.loads(lines[-1][len("RESULT "):])
         result.update(cfg)
@@ -304,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ran {name}: {result['train_seconds']:.1f}s of training, micro-batch {cfg['batch_size']} "
               f"x accumulation {cfg['grad_accum']}", flush=True)
 
+    shutil.rmtree(work, ignore_errors=True)  # adapters and checkpoints of the runs are not kept
     report(results, peak)
     if args.json:
         args.json.write_text(json.dumps({"gemm_peak_flops": peak, "results": results}, indent=2), encoding="utf-8")

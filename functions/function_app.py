@@ -60,6 +60,11 @@ class ControlPlane:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         await self.api(scope, receive, send)
 
+    def startup_failure(self) -> Any:
+        """The BackendError that kept the control plane from starting (a setting missing or
+        refused; the API answers every request with a 503 naming it), or None."""
+        return getattr(self.api.state, "unavailable", None)
+
     def reconcile_context(self) -> Any:
         """The reconciler's context for this backend, with the retraining promotion gate."""
         api = self.api
@@ -87,10 +92,27 @@ control_plane = ControlPlane()
 app = func.AsgiFunctionApp(app=control_plane, http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
+def _misconfigured(trigger: str, error: Any) -> None:
+    setting = getattr(error, "setting", None) or "a TUNEPLANE_* setting"
+    log.error("%s: the control plane cannot start because of %s: %s", trigger, setting, getattr(error, "message", error))
+
+
 def reconcile_pass() -> Any:
+    """One reconciler pass; None (after logging the setting) while the control plane is misconfigured:
+    the next tick tries again, and the settings are fixed by restarting the app."""
+    from tuneplane.ports import BackendError
     from tuneplane.reconciler import reconcile_once
 
-    report = reconcile_once(control_plane.reconcile_context())
+    failure = control_plane.startup_failure()
+    if failure is not None:
+        _misconfigured("reconciler pass skipped", failure)
+        return None
+    try:
+        context = control_plane.reconcile_context()
+    except BackendError as error:  # the stores work, the Azure ML settings do not
+        _misconfigured("reconciler pass skipped", error)
+        return None
+    report = reconcile_once(context)
     for job_id, error in report.errors.items():
         log.warning("job %s: %s", job_id, error)
     log.info("reconciled %d jobs, %d changed", report.examined, len(report.changed))
@@ -118,6 +140,12 @@ def training_blob_created(event: func.EventGridEvent) -> None:
     except ValueError as err:  # a malformed event will not improve by retrying
         log.error("event %s: %s", event.id, err)
         return
+    failure = control_plane.startup_failure()
+    if failure is not None:
+        # Raised, not swallowed: Event Grid retries the delivery (then dead-letters it), so the
+        # upload still starts its retraining once the setting is fixed.
+        _misconfigured(f"BlobCreated event {event.id} not handled", failure)
+        raise failure
     for outcome in control_plane.api.state.retraining.blob_created(blob):
         log.info("blob %s, policy %s: %s %s", blob.blob, outcome.policy_id, outcome.outcome, outcome.job_id or "")
 

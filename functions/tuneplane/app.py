@@ -29,7 +29,14 @@ from tuneplane.services.files import FileService
 from tuneplane.services.jobs import JobService
 from tuneplane.services.keys import KeyVerifier, ensure_key
 from tuneplane.settings import Settings
-from tuneplane.wiring import Adapters, build_adapters, build_policy_store, build_serving
+from tuneplane.wiring import (
+    Adapters,
+    build_adapters,
+    build_policy_store,
+    build_serving,
+    estimate_options,
+    training_data_containers,
+)
 
 PREFIXES = (("/v1", True, False), ("/openai/v1", False, False), ("/openai", False, True))
 
@@ -51,14 +58,15 @@ def _create_app(settings: Settings | None = None, adapters: Adapters | None = No
 
     catalog = Catalog(settings.catalog_names)
     files = FileService(adapters.files, adapters.contents, max_bytes=settings.max_upload_bytes)
-    jobs = JobService(adapters.jobs, adapters.files, catalog, min_examples=settings.min_training_examples)
+    jobs = JobService(adapters.jobs, adapters.files, catalog, min_examples=settings.min_training_examples,
+                      **estimate_options(settings))
     # Retraining: the policies API, the handler the triggers and the inbox feed call, and the
     # promotion gate for the reconciler's context (``ReconcileContext.promotion``).
     from tuneplane.inbox import blob_source, build_feed
     from tuneplane.retraining import PolicyService, PromotionGate, RetrainingHandler, webhook_notifier
 
     policy_store = build_policy_store(settings, adapters)
-    policies = PolicyService(policy_store, jobs, catalog)
+    policies = PolicyService(policy_store, jobs, catalog, containers=training_data_containers(settings))
     retraining = RetrainingHandler(policy_store, files, jobs, blob_source(settings),
                                    notify=webhook_notifier(serving.webhooks))
     feed = build_feed(settings, retraining, policy_store)

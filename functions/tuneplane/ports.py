@@ -217,6 +217,10 @@ class TrainingBackend(Protocol):
 
     def read_checkpoints(self, job: JobRecord) -> list[CheckpointRecord]: ...
 
+    def read_results(self, job: JobRecord) -> bytes | None:
+        """The finished run's ``results.csv`` (OpenAI's step-metrics columns), or None if it wrote
+        none; the reconciler stores it as the job's ``fine-tune-results`` file."""
+
     def cancel(self, job: JobRecord) -> None: ...
 
     def pause(self, job: JobRecord) -> None: ...

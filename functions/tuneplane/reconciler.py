@@ -29,6 +29,7 @@ from tuneplane.backends.run_output import stable_id
 from tuneplane.domain.ids import fine_tuned_model_name, parse_fine_tuned_model
 from tuneplane.domain.jobs import can_transition
 from tuneplane.domain.records import TERMINAL_STATUSES, EventRecord, FileRecord, JobRecord
+from tuneplane.model_source import ModelSourceError, resolve_model_source
 from tuneplane.ports import (
     AlreadyExists,
     Conflict,
@@ -202,8 +203,10 @@ def _before_submission(ctx: ReconcileContext, job: JobRecord, backend: TrainingB
 
 
 def training_spec(job: JobRecord, *, training_file: str, validation_file: str | None, base_model: str,
-                  checkpoint_every_n_steps: int | None = None) -> dict[str, Any]:
-    """The trainer spec (training/SPEC.md, version 1) for a job; the same for every backend."""
+                  checkpoint_every_n_steps: int | None = None, init_adapter: str | None = None) -> dict[str, Any]:
+    """The trainer spec (training/SPEC.md, version 1) for a job; the same for every backend.
+    ``init_adapter`` (continued training) is where the parent adapter lies: a local folder, or a
+    URI the backend stages (Azure ML mounts it as the job's ``init_adapter`` input)."""
     method_type = job.method.get("type", "supervised")
     hyper = dict((job.method.get(method_type) or {}).get("hyperparameters") or {})
     peft = dict(job.peft or {})
@@ -229,6 +232,8 @@ def training_spec(job: JobRecord, *, training_file: str, validation_file: str | 
     }
     if method_type == "dpo":
         spec["method"]["dpo"] = {"beta": float(hyper.get("beta", 0.1))}
+    if init_adapter is not None:
+        spec["init_adapter"] = init_adapter
     return spec
 
 
@@ -243,21 +248,12 @@ def _spec_or_fail(ctx: ReconcileContext, job: JobRecord) -> dict[str, Any]:
         if record is None or not ctx.contents.exists(record.content_key):
             raise _FailNow(job, "file_not_found", f"The {param.replace('_', ' ')} '{file_id}' no longer exists.", param)
         paths[param] = ctx.contents.uri(record.content_key)
-    return training_spec(job, **paths, base_model=_base_model_source(ctx, job),
+    try:
+        source = resolve_model_source(ctx.registry, job.project, job.model, str(job.peft.get("type", "lora")))
+    except ModelSourceError as err:
+        raise _FailNow(job, err.code, err.message, err.param) from err
+    return training_spec(job, **paths, base_model=source.base_model, init_adapter=source.init_adapter,
                          checkpoint_every_n_steps=ctx.checkpoint_every_n_steps)
-
-
-def _base_model_source(ctx: ReconcileContext, job: JobRecord) -> str:
-    if parse_fine_tuned_model(job.model) is None:
-        return job.model  # a catalog name: the trainer resolves it
-    entry = ctx.registry.get(job.project, job.model) if ctx.registry else None
-    path = Path(entry["path"]) if entry else None
-    if path is None or not path.is_dir():
-        raise _FailNow(job, "model_not_found", f"The model '{job.model}' is not in the model registry.", "model")
-    if (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-        return str(path)  # a fully fine-tuned model is an ordinary Hugging Face folder
-    raise _FailNow(job, "unsupported_base_model",
-                   f"Continuing training from the adapter '{job.model}' is not supported; fine-tune its base model, or a fully fine-tuned model.", "model")
 
 
 class _FailNow(Exception):
@@ -296,8 +292,8 @@ def _succeed(ctx: ReconcileContext, job: JobRecord, backend: TrainingBackend, st
     output = state.output_uri
     name = fine_tuned_model_name(job.model, job.project, job.user_provided_suffix, job.id)
     result_files = list(job.result_files)
-    results = Path(output) / "results.csv" if output else None
-    if results is not None and results.is_file():
+    results = _results_of(backend, job, output)
+    if results is not None:
         file_id = _store_results_file(ctx, job, results, finished)
         if file_id not in result_files:
             result_files.append(file_id)
@@ -347,11 +343,20 @@ def _deploy(ctx: ReconcileContext, job: JobRecord, name: str, base: str, source_
     return {"model": name, **(result or {}), "status": (result or {}).get("status", "succeeded")}
 
 
-def _store_results_file(ctx: ReconcileContext, job: JobRecord, path: Path, finished: int) -> str:
+def _results_of(backend: TrainingBackend, job: JobRecord, output: str | None) -> bytes | None:
+    """The run's results.csv through the backend (an Azure run's lies on the datastore, not on this
+    machine); a backend without ``read_results`` keeps its output folder local."""
+    reader = getattr(backend, "read_results", None)
+    if reader is not None:
+        return reader(job)
+    path = Path(output) / "results.csv" if output else None
+    return path.read_bytes() if path is not None and path.is_file() else None
+
+
+def _store_results_file(ctx: ReconcileContext, job: JobRecord, data: bytes, finished: int) -> str:
     file_id = stable_id("file", finished * 1_000_000, f"{job.id}\nresults")
     if ctx.files.get_file(job.project, file_id) is not None:
         return file_id
-    data = path.read_bytes()
     if not ctx.contents.exists(file_id):
         upload = ctx.contents.begin_upload(file_id)
         try:

@@ -109,18 +109,25 @@ def trigger_key(policy_id: str, blob: BlobCreated) -> str:
 class PolicyService:
     """Create, read and delete policies; every check that needs stored state."""
 
-    def __init__(self, store: PolicyStore, jobs: JobService, catalog: Catalog, *, clock: Callable[[], float] = time.time):
+    def __init__(self, store: PolicyStore, jobs: JobService, catalog: Catalog, *, clock: Callable[[], float] = time.time,
+                 containers: frozenset[str] | None = None):
         self.store, self.jobs, self.catalog, self.clock = store, jobs, catalog, clock
+        self.containers = containers  # the only containers whose uploads reach the app (None: any)
 
     def create(self, project: str, req: CreatePolicyRequest) -> PolicyRecord:
+        if self.containers is not None and req.blob_prefix.container not in self.containers:
+            # Event Grid delivers BlobCreated from the training-data container only: a policy on
+            # another container would never fire.
+            raise bad_request(f"blob_prefix.container must be {' or '.join(sorted(self.containers))}: only uploads "
+                              f"there reach this service, not {req.blob_prefix.container!r}.",
+                              param="blob_prefix.container", code="container_not_watched")
         lineage = req.lineage()
         if lineage is not None:
             if lineage != req.name and self.store.find_policy(project, lineage) is None:
                 raise bad_request(f"model: lineage policy '{lineage}' does not exist.", param="model", code="model_not_found")
-            # Training continues from a full model folder only (the reconciler refuses adapter bases).
-            if req.peft is None or req.peft.type != "full":
-                raise bad_request("A lineage policy continues from its last promoted model, which must be fully "
-                                  "fine-tuned: set peft.type to 'full'.", param="peft.type")
+            # Any peft type: each job continues from the last promoted model, a full model folder or an
+            # adapter (trained further as init_adapter; see tuneplane.model_source). A peft.type that
+            # cannot continue that adapter fails the job, naming peft.type, before it trains.
         else:
             self.jobs._check_model(project, req.model)
         try:  # the jobs this policy will create must pass job validation: check the shape now

@@ -44,6 +44,29 @@ def build_adapters(settings: Settings) -> Adapters:
     raise ValueError(f"unknown TUNEPLANE_BACKEND {settings.backend!r}")
 
 
+def estimate_options(settings: Settings) -> dict[str, Any]:
+    """The JobService's estimate inputs: on Azure, TUNEPLANE_AZURE_PRICE_TABLE and the serverless
+    tier (a bad price table is BackendMisconfigured: the API answers 503 naming it); locally, the
+    built-in list prices."""
+    if settings.backend != "azure":
+        return {}
+    from tuneplane.backends.azure_config import AzureSettings
+
+    azure = AzureSettings()
+    return {"serverless_tier": azure.serverless_tier, "instance_types": azure.instance_types()}
+
+
+def training_data_containers(settings: Settings) -> frozenset[str] | None:
+    """The containers whose uploads reach the app (TUNEPLANE_AZURE_TRAINING_DATA_CONTAINER on Azure,
+    where one Event Grid subscription watches one container); None: any container."""
+    if settings.backend != "azure":
+        return None
+    from tuneplane.backends.azure_config import AzureSettings
+
+    container = AzureSettings().training_data_container
+    return frozenset({container}) if container else None
+
+
 def build_policy_store(settings: Settings, adapters: Adapters) -> Any:
     """Retraining policies beside the other stores: SQLite locally, Table Storage on Azure."""
     if adapters.policies is None:

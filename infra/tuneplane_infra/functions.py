@@ -12,6 +12,14 @@ from tuneplane_infra.storage import HardenedStorage
 
 DEPLOYMENT_CONTAINER = "app-package"
 PYTHON_VERSION = "3.11"
+# scripts/publish-functions copies training/ into the package beside tuneplane/; the control plane
+# resolves a relative TUNEPLANE_AZURE_TRAINING_DIR against that folder and uploads it as job code.
+PACKAGED_TRAINING_DIR = "training"
+# The endpoint's ARM auth mode (tuneplane:endpointAuthMode) in the control plane's spelling.
+ENDPOINT_AUTH_MODES = {"AADToken": "aad_token", "Key": "key", "AMLToken": "aml_token"}
+# The package folder is read-only on Flex Consumption; the control plane's scratch state (its
+# default TUNEPLANE_HOME is relative to the working directory) goes to the writable /tmp.
+CONTROL_PLANE_HOME = "/tmp/tuneplane"
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,7 @@ class ControlPlaneSettings:
     blob_url: pulumi.Input[str]
     table_url: pulumi.Input[str]
     files_container: str
+    datastore_name: pulumi.Input[str]
     training_data_container: str
     cpu_cluster_name: pulumi.Input[str]
     gpu_cluster_name: pulumi.Input[str]
@@ -34,17 +43,20 @@ class ControlPlaneSettings:
     def app_settings(self) -> dict[str, pulumi.Input[str]]:
         settings: dict[str, pulumi.Input[str]] = {
             "TUNEPLANE_BACKEND": "azure",
+            "TUNEPLANE_HOME": CONTROL_PLANE_HOME,
             "TUNEPLANE_AZURE_SUBSCRIPTION_ID": self.subscription_id,
             "TUNEPLANE_AZURE_RESOURCE_GROUP": self.resource_group_name,
             "TUNEPLANE_AZURE_WORKSPACE": self.workspace_name,
             "TUNEPLANE_AZURE_BLOB_URL": self.blob_url,
             "TUNEPLANE_AZURE_TABLE_URL": self.table_url,
             "TUNEPLANE_AZURE_FILES_CONTAINER": self.files_container,
+            "TUNEPLANE_AZURE_DATASTORE": self.datastore_name,
+            "TUNEPLANE_AZURE_TRAINING_DIR": PACKAGED_TRAINING_DIR,
             "TUNEPLANE_AZURE_TRAINING_DATA_CONTAINER": self.training_data_container,
             "TUNEPLANE_AZURE_CPU_CLUSTER": self.cpu_cluster_name,
             "TUNEPLANE_AZURE_GPU_CLUSTER": self.gpu_cluster_name,
             "TUNEPLANE_AZURE_ENDPOINT": self.endpoint_name,
-            "TUNEPLANE_AZURE_ENDPOINT_AUTH_MODE": self.endpoint_auth_mode,
+            "TUNEPLANE_AZURE_ENDPOINT_AUTH_MODE": ENDPOINT_AUTH_MODES[self.endpoint_auth_mode],
         }
         if self.api_key is not None:
             settings["TUNEPLANE_API_KEY"] = pulumi.Output.secret(self.api_key)

@@ -16,6 +16,10 @@ from pulumi_azure_native import (
 
 from tuneplane_infra.storage import HardenedStorage
 
+# The Azure ML datastore through which jobs read their inputs and write their outputs on the files
+# container (the control plane's TUNEPLANE_AZURE_DATASTORE default).
+DATASTORE_NAME = "tuneplanefiles"
+
 
 @dataclass(frozen=True)
 class WorkspaceArgs:
@@ -26,6 +30,9 @@ class WorkspaceArgs:
     # Containers on the data account: uploaded files and the watched training-data inbox.
     data_containers: list[str]
     isolated: bool
+    # The container of file contents and job folders; the datastore points at it.
+    files_container: str = "files"
+    datastore_name: str = DATASTORE_NAME
     outbound_fqdns: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
 
@@ -68,7 +75,7 @@ class Workspace(pulumi.ComponentResource):
             resource_group_name=rg,
             location=args.location,
             sku=args.storage_sku,
-            containers=list(args.data_containers),
+            containers=list(dict.fromkeys([args.files_container, *args.data_containers])),
             tags=tags,
             parent=self,
         )
@@ -127,14 +134,34 @@ class Workspace(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
+        # The control plane stages each job's folder on the files container and the job mounts it
+        # through this datastore. No credentials: Azure ML reaches the blobs with the workspace
+        # identity (and a job's compute with its own), as the account allows no shared key.
+        self.datastore = ml.Datastore(
+            f"{name}-files-datastore",
+            resource_group_name=rg,
+            workspace_name=self.workspace.name,
+            name=args.datastore_name,
+            properties={
+                "datastore_type": "AzureBlob",
+                "account_name": self.data.account.name,
+                "container_name": args.files_container,
+                "credentials": {"credentials_type": "None"},
+                "service_data_access_auth_identity": "WorkspaceSystemAssignedIdentity",
+                "description": "tuneplane job inputs and outputs (identity-based access)",
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.data.containers[args.files_container]]),
+        )
 
         self.workspace_name = self.workspace.name
+        self.datastore_name = self.datastore.name
         self.workspace_id = self.workspace.id
         self.workspace_principal_id = self.workspace.identity.apply(lambda i: i.principal_id)
         self.register_outputs(
             {
                 "workspace_name": self.workspace_name,
                 "workspace_id": self.workspace_id,
+                "datastore_name": self.datastore_name,
                 "data_storage_account_name": self.data.account.name,
                 "key_vault_id": self.vault.id,
                 "registry_id": self.registry.id,

@@ -350,3 +350,80 @@ def test_training_spec_is_valid_for_the_trainer():
     assert parsed.hyperparameters.n_epochs == 4 and parsed.hyperparameters.batch_size == 2
     assert parsed.hyperparameters.learning_rate == pytest.approx(1e-4)
     assert parsed.checkpoint.keep_last >= 4 and parsed.resume == "auto" and parsed.seed == 3
+
+
+def _register_adapter(world: World, name: str, *, trained_on: str, use_dora: bool = False) -> dict:
+    """A parent adapter model as the reconciler registers one (tags: its job's model and peft)."""
+    folder = world.home / "parents" / name.replace(":", "_")
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "use_dora": use_dora}))
+    (folder / "adapter_model.safetensors").write_text("weights")
+    return world.registry.register(project="default", name=name, source_uri=str(folder), base_model="tiny",
+                                   tags={"job_id": "ftjob-parent", "base_model": trained_on,
+                                         "peft": "dora" if use_dora else "lora"})
+
+
+def _job_on(world: World, model: str, *, status: str = "queued", peft_type: str = "lora") -> JobRecord:
+    job = world.create_job(status=status)
+    return world.jobs.update_job(job.model_copy(update={"model": model, "peft": {**job.peft, "type": peft_type}}))
+
+
+def test_an_adapter_model_is_continued_with_init_adapter_and_keeps_the_root_base_in_its_name(world):
+    # Continued training (issue: ft: adapter as base): the child's spec loads the parent's base and the
+    # parent adapter as init_adapter, instead of failing with unsupported_base_model.
+    ctx = world.context()
+    parent = "ft:tiny:default:first:ftjob-parent"
+    entry = _register_adapter(world, parent, trained_on="fake:steps=2,sleep=0.01,every=2")
+    job = _job_on(world, parent)
+    run_until(lambda: world.get(job).status == "succeeded", lambda: reconcile_once(ctx))
+    spec = json.loads((world.home / "runs" / job.id / "spec.json").read_text())
+    assert spec["base_model"] == "fake:steps=2,sleep=0.01,every=2"  # what the parent's job trained on
+    assert spec["init_adapter"] == entry["path"]
+    done = world.get(job)
+    child = f"ft:tiny:default:demo:{job.id}"  # the ROOT base, never ft:ft:…
+    assert done.fine_tuned_model == child
+    registered = world.registry.get("default", child)
+    assert registered["base_model"] == "tiny" and registered["tags"]["base_model"] == parent
+    # The child is an adapter too: continuing it again follows the lineage down to the same base.
+    grandchild = _job_on(world, child)
+    run_until(lambda: world.get(grandchild).status == "succeeded", lambda: reconcile_once(ctx))
+    spec = json.loads((world.home / "runs" / grandchild.id / "spec.json").read_text())
+    assert spec["base_model"] == "fake:steps=2,sleep=0.01,every=2"
+    assert spec["init_adapter"] == registered["path"]
+    assert world.get(grandchild).fine_tuned_model == f"ft:tiny:default:demo:{grandchild.id}"
+
+
+@pytest.mark.parametrize("peft_type, use_dora, allowed", [("full", False, "lora or qlora"), ("dora", False, "lora or qlora"),
+                                                            ("lora", True, "dora")])
+def test_continuing_an_adapter_with_another_peft_type_fails_naming_peft_type(world, peft_type, use_dora, allowed):
+    ctx = world.context()
+    parent = "ft:tiny:default:first:ftjob-parent"
+    _register_adapter(world, parent, trained_on="fake:steps=2", use_dora=use_dora)
+    job = _job_on(world, parent, status="validating_files", peft_type=peft_type)
+    reconcile_once(ctx)
+    failed = world.get(job)
+    assert failed.status == "failed"
+    assert (failed.error.code, failed.error.param) == ("invalid_peft", "peft.type")
+    assert f"needs peft.type {allowed}, not {peft_type}" in failed.error.message
+    assert not (world.home / "runs" / job.id).exists(), "nothing was started"
+
+
+def test_an_unregistered_ft_model_fails_as_model_not_found(world):
+    ctx = world.context()
+    job = _job_on(world, "ft:tiny:default:x:ftjob-gone", status="validating_files")
+    reconcile_once(ctx)
+    failed = world.get(job)
+    assert (failed.status, failed.error.code, failed.error.param) == ("failed", "model_not_found", "model")
+
+
+def test_training_spec_with_init_adapter_is_valid_for_the_trainer(tmp_path):
+    spec_module = pytest.importorskip("tuneplane_training.spec")
+    job = JobRecord(id="ftjob-2", project="p", created_at=0, status="queued", model="ft:tiny-random-llama:p::ftjob-1",
+                    training_file="file-1", seed=3, method={"type": "supervised"},
+                    peft={"type": "dora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"})
+    spec = training_spec(job, training_file="/data/train.jsonl", validation_file=None, base_model="tiny-random-llama",
+                         init_adapter=str(tmp_path))
+    parsed = spec_module.parse_spec(spec)
+    assert parsed.init_adapter == str(tmp_path) and parsed.peft.type == "dora"
+    assert parsed.hyperparameters.learning_rate == pytest.approx(2e-4)  # an adapter's base rate
+    assert "init_adapter" not in training_spec(job, training_file="t", validation_file=None, base_model="b")

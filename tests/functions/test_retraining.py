@@ -114,7 +114,6 @@ def test_policies_crud_with_project_isolation(loaded):
     ({"promotion": {"margin": -1}, "validation_file": "file-x"}, "promotion.margin"),
     ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
     ({"min_interval_seconds": -5}, "min_interval_seconds"),
-    ({"model": "lineage:bad"}, "peft.type"),  # continuing needs a full model, not an adapter
     ({"unknown_field": 1}, "unknown_field"),
     ({"validation_file": "file-missing", "promotion": None}, "validation_file"),
 ])
@@ -314,6 +313,31 @@ def test_lineage_waits_for_a_promoted_model_then_continues_from_it(loaded):
     [job] = jobs_of(loaded, policy)
     assert job.model == source.fine_tuned_model and job.metadata["parent_model"] == source.fine_tuned_model
     assert job.peft["type"] == "full"
+
+
+def test_an_adapter_lineage_is_accepted_and_continues_from_the_last_promoted_adapter(loaded):
+    # Adapters continue too (init_adapter): a lineage policy no longer needs peft.type full.
+    container = new_container()
+    name = f"lin{uuid.uuid4().hex[:6]}"
+    policy = create_policy(loaded, container, name=name, model=f"lineage:{name}", peft={"type": "dora", "r": 4})
+    assert policy["peft"]["type"] == "dora"
+    jobs, store = loaded.state.adapters.jobs, loaded.state.adapters.policies
+    for round_, etag in enumerate(("0xA1", "0xA2")):
+        # Each promotion moves the lineage on: the next job starts from the newest promoted adapter.
+        source = JobRecord(id=new_id("ftjob"), project="default", created_at=int(time.time()), status="succeeded",
+                           model="tiny-random-llama", training_file="file-x", seed=1, peft={"type": "dora", "r": 4},
+                           method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}})
+        source = source.model_copy(update={"fine_tuned_model": f"ft:tiny-random-llama:default::{source.id}"})
+        jobs.create_job(source)
+        current = store.get_policy("default", policy["id"])
+        store.update_policy(current.model_copy(update={"promoted_model": source.fine_tuned_model, "promoted_job": source.id}))
+        drop(loaded, container, f"support/a{round_}.jsonl", chat_jsonl(12))
+        deliver(loaded, container, f"support/a{round_}.jsonl", etag=etag)
+        started = jobs_of(loaded, policy)
+        assert len(started) == round_ + 1
+        [newest] = [j for j in started if j.model == source.fine_tuned_model]
+        assert newest.metadata["parent_model"] == source.fine_tuned_model
+        assert newest.peft["type"] == "dora" and newest.peft["r"] == 4
 
 
 # -- the promotion gate --------------------------------------------------------------------------

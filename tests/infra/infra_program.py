@@ -37,6 +37,7 @@ ARM_TYPES: dict[str, tuple[str, str | None]] = {
     "azure-native:containerregistry:Registry": ("Microsoft.ContainerRegistry/registries", "registryName"),
     "azure-native:machinelearningservices:Workspace": ("Microsoft.MachineLearningServices/workspaces", "workspaceName"),
     "azure-native:machinelearningservices:Compute": ("Microsoft.MachineLearningServices/workspaces/{workspaceName}/computes", "computeName"),
+    "azure-native:machinelearningservices:Datastore": ("Microsoft.MachineLearningServices/workspaces/{workspaceName}/datastores", "name"),
     "azure-native:machinelearningservices:OnlineEndpoint": ("Microsoft.MachineLearningServices/workspaces/{workspaceName}/onlineEndpoints", "endpointName"),
     "azure-native:web:AppServicePlan": ("Microsoft.Web/serverfarms", "name"),
     "azure-native:web:WebApp": ("Microsoft.Web/sites", "name"),
@@ -74,6 +75,7 @@ class Resource:
     urn: str = ""
     # input name -> URNs of the resources whose outputs it was built from
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    dependencies: list[str] = field(default_factory=list)  # explicit depends_on URNs
 
 
 class AzureMocks(pulumi_mocks.Mocks):
@@ -130,9 +132,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         self.ignore_changes: dict[str, list[str]] = {}
         self.urns: dict[str, str] = {}
         self.property_dependencies: dict[str, dict[str, list[str]]] = {}
+        self.dependencies: dict[str, list[str]] = {}
 
     def RegisterResource(self, request):
         self.ignore_changes[request.name] = list(request.ignoreChanges)
+        self.dependencies[request.name] = list(request.dependencies)
         self.property_dependencies[request.name] = {
             key: list(deps.urns) for key, deps in request.propertyDependencies.items()
         }
@@ -189,6 +193,7 @@ def run_program(config: dict[str, str] | None = None, *, stack: str = "dev") -> 
         resource.ignore_changes = monitor.ignore_changes.get(resource.name, [])
         resource.urn = monitor.urns[resource.name]
         resource.property_dependencies = monitor.property_dependencies.get(resource.name, {})
+        resource.dependencies = monitor.dependencies.get(resource.name, [])
     return Program(mocks.resources, outputs, mocks.calls)
 
 

@@ -11,6 +11,7 @@ EXPECTED_OUTPUTS = {
     "apiBaseUrl", "resourceGroupName", "workspaceName", "cpuClusterName", "gpuClusterName", "endpointName",
     "functionAppName", "dataStorageAccountName", "functionStorageAccountName", "filesContainerName",
     "trainingDataContainerName", "deploymentContainerName", "deadLetterContainerName", "eventsEnabled",
+    "datastoreName",
 }
 
 
@@ -30,7 +31,7 @@ def test_main_exports_the_stack_outputs(monkeypatch):
     body()
     assert set(resolved) == EXPECTED_OUTPUTS
     assert resolved["apiBaseUrl"].startswith("https://") and resolved["apiBaseUrl"].endswith(".azurewebsites.net/v1")
-    assert len(mocks.resources) == 36
+    assert len(mocks.resources) == 37  # with the files datastore
 
 
 def test_pulumi_project_file_points_at_infra():

@@ -22,6 +22,7 @@ EXPECTED_TYPES = Counter(
         "azure-native:containerregistry:Registry": 1,
         "azure-native:machinelearningservices:Workspace": 1,
         "azure-native:machinelearningservices:Compute": 2,
+        "azure-native:machinelearningservices:Datastore": 1,
         "azure-native:machinelearningservices:OnlineEndpoint": 1,
         "azure-native:web:AppServicePlan": 1,
         "azure-native:web:WebApp": 1,
@@ -66,6 +67,27 @@ def test_workspace_identity_and_dependencies(default_program):
     assert ws["applicationInsights"] == default_program.one("applicationinsights:Component").id
     assert ws["publicNetworkAccess"] == "Enabled"
     assert ws["managedNetwork"] == {"isolationMode": "AllowInternetOutbound"}
+
+
+def test_files_datastore_is_identity_based_on_the_files_container(default_program):
+    store = default_program.one("machinelearningservices:Datastore")
+    ws = default_program.one("machinelearningservices:Workspace")
+    data = default_program.one("storage:StorageAccount", "tpdata")
+    assert store.inputs["name"] == "tuneplanefiles"  # the control plane's TUNEPLANE_AZURE_DATASTORE
+    assert store.inputs["workspaceName"] == ws.state["name"]
+    assert store.inputs["properties"] == {
+        "datastoreType": "AzureBlob",
+        "accountName": data.state["name"],
+        "containerName": "files",
+        "credentials": {"credentialsType": "None"},  # no key or SAS: identities only
+        "serviceDataAccessAuthIdentity": "WorkspaceSystemAssignedIdentity",
+        "description": "tuneplane job inputs and outputs (identity-based access)",
+    }
+    files = next(c for c in default_program.of_type("storage:BlobContainer") if c.inputs["containerName"] == "files")
+    assert files.inputs["accountName"] == data.state["name"]
+    # Created after its container, so the first job never mounts a missing path.
+    assert files.urn in store.dependencies
+    assert default_program.outputs["datastoreName"] == "tuneplanefiles"
 
 
 def test_key_vault_registry_and_monitoring(default_program):
@@ -149,17 +171,20 @@ def test_function_app_settings_select_azure_backend(default_program):
         "AzureWebJobsStorage__accountName": host,
         "APPLICATIONINSIGHTS_CONNECTION_STRING": default_program.one("applicationinsights:Component").state["connectionString"],
         "TUNEPLANE_BACKEND": "azure",
+        "TUNEPLANE_HOME": "/tmp/tuneplane",  # writable; the package folder is not
         "TUNEPLANE_AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
         "TUNEPLANE_AZURE_RESOURCE_GROUP": "tuneplane-dev",
         "TUNEPLANE_AZURE_WORKSPACE": default_program.one("machinelearningservices:Workspace").state["name"],
         "TUNEPLANE_AZURE_BLOB_URL": f"https://{data}.blob.core.windows.net/",
         "TUNEPLANE_AZURE_TABLE_URL": f"https://{data}.table.core.windows.net/",
         "TUNEPLANE_AZURE_FILES_CONTAINER": "files",
+        "TUNEPLANE_AZURE_DATASTORE": "tuneplanefiles",
+        "TUNEPLANE_AZURE_TRAINING_DIR": "training",
         "TUNEPLANE_AZURE_TRAINING_DATA_CONTAINER": "training-data",
         "TUNEPLANE_AZURE_CPU_CLUSTER": "cpu-cluster",
         "TUNEPLANE_AZURE_GPU_CLUSTER": "gpu-cluster",
         "TUNEPLANE_AZURE_ENDPOINT": default_program.outputs["endpointName"],
-        "TUNEPLANE_AZURE_ENDPOINT_AUTH_MODE": "AADToken",
+        "TUNEPLANE_AZURE_ENDPOINT_AUTH_MODE": "aad_token",  # the control plane's spelling of AADToken
     }
     # Identity-based host storage: no connection string or key anywhere in the settings.
     assert "AzureWebJobsStorage" not in settings

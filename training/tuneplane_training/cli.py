@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneplane-train", description="Fine-tune a model from a tuneplane spec.")
     parser.add_argument("--spec", required=True, help="path of the training spec JSON (see training/SPEC.md)")
     parser.add_argument("--output-dir", required=True, help="folder for the model, checkpoints and events")
+    parser.add_argument("--init-adapter", default=None,
+                        help="adapter folder to continue; replaces the spec's init_adapter (e.g. an Azure ML input mount)")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
     rank = int(os.environ.get("RANK", "0"))
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, init_adapter=args.init_adapter)
     except (SpecError, OSError) as exc:
         print(f"tuneplane-train: {exc}", file=sys.stderr)
         if rank == 0 and output_dir.is_dir():
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             _error_event(output_dir, exitcodes.BAD_INPUT, exc)
         return exitcodes.BAD_INPUT
     if command:
+        if args.init_adapter is not None:  # the workers read the same spec, so they need the same override
+            command += ["--init-adapter", args.init_adapter]
         return _launch(command, output_dir, distributed.worker_environment())
 
     from .loop import StopRequest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ def load_model(spec: TrainingSpec, model_dir: Path) -> Any:
 
     if spec.peft.type == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if spec.init_adapter is not None:
+        return _continue_adapter(spec, model)
     config = LoraConfig(
         r=spec.peft.r,
         lora_alpha=spec.peft.alpha,
@@ -87,6 +90,56 @@ def load_model(spec: TrainingSpec, model_dir: Path) -> Any:
         return get_peft_model(model, config)
     except ValueError as exc:  # e.g. a target module that does not exist in this model
         raise ModelSpecError(f"spec field peft.target_modules: {exc}") from exc
+
+
+def check_init_adapter(spec: TrainingSpec, model_dir: Path) -> dict[str, Any]:
+    """Check that ``spec.init_adapter`` can continue on this base with this peft type; return its
+    adapter_config. The rule (SPEC.md): a LoRA-family adapter; peft.type dora for a DoRA adapter, lora or
+    qlora otherwise (a QLoRA adapter is plain LoRA weights over a quantized base); trained on the same
+    base, as named by its adapter_config.json or by the manifest.json our trainer writes beside it."""
+    folder = Path(spec.init_adapter or "")
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelSpecError(f"spec field init_adapter: {folder} is not a PEFT adapter folder "
+                             f"(no readable adapter_config.json)") from exc
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise ModelSpecError(f"spec field init_adapter: a {config.get('peft_type')} adapter cannot be continued "
+                             "(lora, qlora or dora only)")
+    is_dora = bool(config.get("use_dora"))
+    if is_dora != (spec.peft.type == "dora"):
+        kind = "a DoRA" if is_dora else "a LoRA"
+        wanted = "dora" if is_dora else "lora or qlora"
+        raise ModelSpecError(f"spec field peft.type: init_adapter is {kind} adapter, so peft.type must be "
+                             f"{wanted}, not {spec.peft.type}")
+    named = {config.get("base_model_name_or_path")}
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        named |= {manifest.get("base_model"), manifest.get("base_model_path")}
+    except (OSError, ValueError):
+        pass  # an adapter trained elsewhere: its adapter_config alone names the base
+    named.discard(None)
+    ours = {spec.base_model, str(model_dir)}
+    if not any(n in ours or _same_folder(str(n), model_dir) for n in named):
+        raise ModelSpecError(f"spec field init_adapter: the adapter was trained on "
+                             f"{config.get('base_model_name_or_path')!r}, not on base_model {spec.base_model!r}")
+    return config
+
+
+def _same_folder(name: str, model_dir: Path) -> bool:
+    try:
+        return Path(name).is_dir() and Path(name).resolve() == Path(model_dir).resolve()
+    except OSError:
+        return False
+
+
+def _continue_adapter(spec: TrainingSpec, model: Any) -> Any:
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(spec.init_adapter), is_trainable=True)
+    except (ValueError, RuntimeError, KeyError) as exc:  # e.g. shapes or module names that do not fit the base
+        raise ModelSpecError(f"spec field init_adapter: cannot load it onto base_model {spec.base_model!r}: {exc}") from exc
 
 
 def parameter_counts(model: Any) -> dict[str, int]:

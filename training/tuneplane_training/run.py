@@ -16,7 +16,7 @@ from . import distributed
 from .catalog import resolve_base_model
 from .data import ChatRenderer, DataError, LoadReport, load_chat_examples, load_preference_pairs
 from .loop import ContractCallback, StopRequest, TuneplaneTrainer
-from .model import compute_dtype, load_model, load_tokenizer, parameter_counts
+from .model import check_init_adapter, compute_dtype, load_model, load_tokenizer, parameter_counts
 from .outputs import EventLog, complete_checkpoints, read_checkpoint_marker, write_manifest, write_results_csv
 from .packing import PackedCollator, PaddedCollator, pack
 from .spec import TrainingSpec
@@ -135,6 +135,8 @@ def train(spec: TrainingSpec, output_dir: Path, stop: StopRequest | None = None)
     stop = stop or StopRequest()
 
     model_dir = resolve_base_model(spec.base_model)
+    if spec.init_adapter is not None:
+        check_init_adapter(spec, model_dir)  # before any data or weights are loaded: fail fast, exit 2
     tokenizer = load_tokenizer(model_dir)
     renderer = ChatRenderer(tokenizer)
     hp = spec.hyperparameters
@@ -190,6 +192,8 @@ def train(spec: TrainingSpec, output_dir: Path, stop: StopRequest | None = None)
     if resume_from is not None:
         events.emit(f"Resuming from {resume_from.name} (step {read_checkpoint_marker(resume_from)['step']})")
     else:
+        if spec.init_adapter is not None:
+            events.emit(f"Continuing training from the adapter {spec.init_adapter}", data={"init_adapter": spec.init_adapter})
         events.emit(f"Fine-tuning {spec.base_model} with {spec.peft.type} ({spec.method.type}): "
                     f"{len(train_items)} examples, {supervised} supervised tokens per epoch, "
                     f"{counts['trainable']} of {counts['total']} parameters trainable",
@@ -213,6 +217,7 @@ def train(spec: TrainingSpec, output_dir: Path, stop: StopRequest | None = None)
             "base_model_path": str(model_dir),
             "method": spec.method.model_dump(),
             "peft": spec.peft.model_dump(),
+            "init_adapter": spec.init_adapter,
             "packing": spec.packing,
             "trained_tokens": callback.trained_tokens,
             "steps": trainer.state.global_step,

@@ -105,6 +105,12 @@ class TrainingSpec(_Strict):
     distribution: DistributionSpec = Field(default_factory=DistributionSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     resume: str = Field("auto", description='"auto", "never", or the path of a checkpoint folder.')
+    init_adapter: str | None = Field(
+        None,
+        description="Continue training this PEFT adapter folder (trained on the same base_model): it is loaded "
+                    "trainable instead of a new adapter; its r, alpha, dropout and target modules apply, and "
+                    "peft.type must match it (dora for a DoRA adapter, lora or qlora otherwise).",
+    )
 
     @field_validator("method", mode="before")
     @classmethod
@@ -118,6 +124,9 @@ class TrainingSpec(_Strict):
             raise ValueError("packing: not supported with method dpo (pairs are scored whole)")
         if self.method.type == "dpo" and self.peft.type == "full":
             raise ValueError("peft.type: dpo needs an adapter (lora, qlora or dora); the reference is the base with the adapter disabled")
+        if self.init_adapter is not None and self.peft.type == "full":
+            raise ValueError("init_adapter: full fine-tuning cannot start from an adapter; set peft.type to the "
+                             "adapter's type (lora, qlora or dora)")
         if self.peft.type == "qlora" and self.distribution.type in ("fsdp", "deepspeed"):
             raise ValueError("distribution.type: qlora runs with none or ddp only")
         return self
@@ -145,8 +154,11 @@ def parse_spec(data: Any) -> TrainingSpec:
         raise SpecError(f"spec field {field}: {message}") from exc
 
 
-def load_spec(path: str | Path) -> TrainingSpec:
-    """Read and validate a spec file; raise ``SpecError`` naming the offending field."""
+def load_spec(path: str | Path, *, init_adapter: str | None = None) -> TrainingSpec:
+    """Read and validate a spec file; raise ``SpecError`` naming the offending field.
+
+    ``init_adapter`` (the CLI's ``--init-adapter``) replaces the spec's: a job system that mounts the
+    adapter at a path known only at run time (Azure ML's ``${{inputs.init_adapter}}``) passes it so."""
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8")
@@ -158,6 +170,8 @@ def load_spec(path: str | Path) -> TrainingSpec:
         raise SpecError(f"spec: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
     if not isinstance(data, dict):
         raise SpecError("spec: must be a JSON object")
+    if init_adapter is not None:
+        data = {**data, "init_adapter": str(Path(init_adapter).resolve())}  # relative to the working directory
     spec = parse_spec(data)
     # Relative paths are relative to the spec file, so a spec and its data can move together.
     base = path.resolve().parent
@@ -173,6 +187,10 @@ def load_spec(path: str | Path) -> TrainingSpec:
         if not (base / spec.resume).is_dir():
             raise SpecError(f"spec field resume: no such checkpoint folder {spec.resume}")
         resolved["resume"] = str(base / spec.resume)
+    if spec.init_adapter is not None:
+        if not (base / spec.init_adapter).is_dir():
+            raise SpecError(f"spec field init_adapter: no such adapter folder {spec.init_adapter}")
+        resolved["init_adapter"] = str(base / spec.init_adapter)
     return spec.model_copy(update=resolved)
 
 

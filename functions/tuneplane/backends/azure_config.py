@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tuneplane.ports import BackendMisconfigured
@@ -44,13 +44,20 @@ class AzureSettings(BaseSettings):
         None, description="Registered environment for jobs and deployments (azureml:NAME:VERSION); default: build training/environment."
     )
     training_dir: str | None = Field(
-        None, description="Local path of the training/ folder uploaded as the jobs' code; default: the repository's."
+        None, description="Path of the training/ folder uploaded as the jobs' code (a relative path is resolved against the "
+        "folder that holds the tuneplane package: `training` in a package built by scripts/publish-functions), or a "
+        "registered code asset azureml:NAME:VERSION; default: the repository's."
     )
+    training_data_container: str | None = Field(
+        None, description="Blob container whose BlobCreated events reach the Function App; if set, retraining policies must watch it."
+    )
+    cpu_cluster: str | None = Field(None, description="Compute cluster that a job's `compute: \"cpu\"` runs on.")
+    gpu_cluster: str | None = Field(None, description="Compute cluster that a job's `compute: \"gpu\"` runs on.")
     serverless_tier: Literal["standard", "spot"] = Field("standard", description="Queue tier of serverless jobs.")
     job_timeout_s: int = Field(7 * 24 * 3600, ge=60, description="Azure ML limit on a job's run time.")
     endpoint: str | None = Field(None, description="Managed online endpoint (owned by Pulumi) that deployments join.")
-    endpoint_auth_mode: Literal["aad_token", "key"] = Field(
-        "aad_token", description="How the control plane calls the endpoint: an Entra token, or the endpoint key."
+    endpoint_auth_mode: Literal["aad_token", "key", "aml_token"] = Field(
+        "aad_token", description="How the control plane calls the endpoint: an Entra token, the endpoint key, or an Azure ML token."
     )
     endpoint_key: str | None = Field(None, description="Endpoint key, if endpoint_auth_mode=key (else it is fetched).")
     deployment_instance_type: str = Field(
@@ -61,6 +68,18 @@ class AzureSettings(BaseSettings):
         None, description="JSON object of instance types to {gpus, gpu_memory_gb, tflops_bf16, price_per_hour, spot_price_per_hour}."
     )
     retry_budget_s: float = Field(30.0, ge=0, description="Total time transient Azure errors are retried within one call.")
+
+    @field_validator("endpoint_auth_mode", mode="before")
+    @classmethod
+    def _arm_auth_mode(cls, value: Any) -> Any:
+        # The endpoint's own spelling (AADToken, Key, AMLToken) is accepted too.
+        return {"aadtoken": "aad_token", "amltoken": "aml_token"}.get(str(value).lower(), str(value).lower())
+
+    def cluster_for(self, compute: str) -> str:
+        """The compute cluster a job's ``compute`` names: the aliases cpu and gpu map to the
+        configured clusters; any other name is a cluster name already."""
+        aliases = {"cpu": self.cpu_cluster, "gpu": self.gpu_cluster}
+        return aliases.get(compute) or compute
 
     def require(self, *names: str) -> None:
         for name in names:

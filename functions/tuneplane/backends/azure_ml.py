@@ -84,7 +84,7 @@ class AzureTrainingBackend:
         self.contents = contents  # AzureBlobContentStore on the datastore's container
         self.settings = settings
         self.retry = retry or Retry(settings.retry_budget_s)
-        self.training_dir = settings.training_dir or str(jobs_.REPO_ROOT / "training")
+        self.training_dir = settings.training_dir  # resolved by azure_ml_jobs.code_of (None: the default)
 
     # -- submit -------------------------------------------------------------------------------
     def _get_job(self, name: str) -> Any | None:
@@ -104,19 +104,20 @@ class AzureTrainingBackend:
         try:
             if job.compute in jobs_.SERVERLESS_ALIASES:
                 return jobs_.serverless_placement(job, spec, tier=self.settings.serverless_tier, instance_types=types)
+            cluster = self.settings.cluster_for(job.compute)  # "cpu"/"gpu": the clusters infra created
             try:
-                compute = self.retry.call(f"read compute {job.compute}", self.ml.compute.get, job.compute)
+                compute = self.retry.call(f"read compute {cluster}", self.ml.compute.get, cluster)
             except PermanentBackendError as error:
                 if isinstance(error.__cause__, ResourceNotFoundError):
                     raise PermanentBackendError(
                         "compute_not_found",
-                        f"compute: there is no compute cluster named {job.compute!r} in workspace {self.settings.workspace}",
+                        f"compute: there is no compute cluster named {cluster!r} in workspace {self.settings.workspace}",
                     ) from error
                 raise
             size = getattr(compute, "size", None)
             if not size:
-                raise PermanentBackendError("compute_not_usable", f"compute: {job.compute!r} is not a compute cluster")
-            return jobs_.cluster_placement(job, spec, name=job.compute, vm_size=size,
+                raise PermanentBackendError("compute_not_usable", f"compute: {cluster!r} is not a compute cluster")
+            return jobs_.cluster_placement(job, spec, name=cluster, vm_size=size,
                                            max_instances=int(getattr(compute, "max_instances", 1) or 1), instance_types=types)
         except est.EstimateError as error:
             raise PermanentBackendError("compute_not_sized", str(error)) from error
@@ -166,6 +167,7 @@ class AzureTrainingBackend:
             job, placement, name=name or jobs_.attempt_name(job.id, 0),
             datastore=self.settings.datastore, experiment=self.settings.experiment,
             environment=self.settings.environment, training_dir=self.training_dir, timeout_s=self.settings.job_timeout_s,
+            init_adapter=spec.get("init_adapter"),
         )
         return entity, placement
 

@@ -141,7 +141,7 @@ class AzureDeployer:
         self.contents = contents
         self.settings = settings
         self.retry = retry or Retry(settings.retry_budget_s)
-        self.training_dir = settings.training_dir or str(jobs_.REPO_ROOT / "training")
+        self.training_dir = settings.training_dir  # resolved by azure_ml_jobs.code_of (None: the default)
         self._token_provider = token_provider  # () -> bearer token; default DefaultAzureCredential
 
     @property
@@ -305,6 +305,10 @@ class AzureDeployer:
             key = self.settings.endpoint_key or self.retry.call(
                 "read endpoint keys", self.ml.online_endpoints.get_keys, self.endpoint).primary_key
             return f"Bearer {key}"
+        if self.settings.endpoint_auth_mode == "aml_token":
+            # An AMLToken endpoint hands out short-lived tokens through the same keys call.
+            return "Bearer " + self.retry.call("read endpoint token", self.ml.online_endpoints.get_keys,
+                                               self.endpoint).access_token
         if self._token_provider is not None:
             return f"Bearer {self._token_provider()}"
         token = self.settings.credential().get_token("https://ml.azure.com/.default")

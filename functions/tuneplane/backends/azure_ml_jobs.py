@@ -11,7 +11,10 @@ the workspace as ``TUNEPLANE_AZURE_DATASTORE``), per job:
 The job mounts ``input/`` as the ``spec`` folder and runs
 ``tuneplane-train --spec ${{inputs.spec}}/spec.json --output-dir ${{outputs.model}}``: the spec
 names its data relative to itself (training/SPEC.md), so the trainer reads the spec and its data
-from one mounted folder. The output path is the same for every attempt of a job, so a run that
+from one mounted folder. Continued training (the spec has ``init_adapter``, the parent adapter's URI,
+e.g. ``azureml://jobs/{parent}/outputs/model``) mounts that adapter as a second input,
+``init_adapter``, and adds ``--init-adapter ${{inputs.init_adapter}}``: the mount's path replaces the
+URI in the spec at run time. The output path is the same for every attempt of a job, so a run that
 was paused (cancelled after a checkpoint) resumes from its checkpoints (``resume: auto``).
 """
 
@@ -28,7 +31,11 @@ from tuneplane.domain.records import JobRecord
 from tuneplane.ports import BackendMisconfigured
 
 COMMAND = "tuneplane-train --spec ${{inputs.spec}}/spec.json --output-dir ${{outputs.model}}"
+CONTINUED_COMMAND = COMMAND + " --init-adapter ${{inputs.init_adapter}}"
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# The folder that holds the tuneplane package: functions/ in the repository, the app's root in a
+# Function App package, where scripts/publish-functions puts training/ beside tuneplane/.
+APP_ROOT = Path(__file__).resolve().parents[2]
 SERVERLESS_ALIASES = frozenset({"serverless", "local", "auto"})
 
 
@@ -150,7 +157,12 @@ def tags_of(job: JobRecord) -> dict[str, str]:
 def code_of(training_dir: str | Path | None) -> str:
     """The jobs' code: a local ``training/`` folder (uploaded, cached by hash), or a registered
     code asset (``azureml:NAME:VERSION``) for a Function App that does not ship the folder."""
-    value = str(training_dir or REPO_ROOT / "training")
+    value = str(training_dir or "")
+    if not value:
+        # The repository's training/, or the copy in a published Function App package.
+        value = str(next((p for p in (REPO_ROOT / "training", APP_ROOT / "training") if p.is_dir()), REPO_ROOT / "training"))
+    elif not value.startswith("azureml:") and not Path(value).is_absolute():
+        value = str(APP_ROOT / value)
     if not value.startswith("azureml:") and not (Path(value) / "tuneplane_training").is_dir():
         raise BackendMisconfigured(
             "TUNEPLANE_AZURE_TRAINING_DIR",
@@ -185,6 +197,7 @@ def build_command_job(
     environment: str | None = None,
     training_dir: str | Path | None = None,
     timeout_s: int = 7 * 24 * 3600,
+    init_adapter: str | None = None,
 ) -> Any:
     from azure.ai.ml import Input, Output, PyTorchDistribution
     from azure.ai.ml.entities import CommandJob, CommandJobLimits, JobResourceConfiguration, QueueSettings
@@ -205,6 +218,10 @@ def build_command_job(
         limits=CommandJobLimits(timeout=timeout_s),
         resources=JobResourceConfiguration(instance_type=placement.instance_type, instance_count=placement.instance_count),
     )
+    if init_adapter:
+        # Read-only: the parent's output is the parent's; this job writes only its own model folder.
+        fields["inputs"]["init_adapter"] = Input(type="uri_folder", path=init_adapter, mode="ro_mount")
+        fields["command"] = CONTINUED_COMMAND
     if placement.world_size > 1:
         # Azure ML starts every process (process_count_per_instance = GPUs), so the trainer sees
         # the full WORLD_SIZE and does not re-launch itself (tuneplane_training.distributed).

@@ -225,6 +225,12 @@ class LocalRunner:
     def read_checkpoints(self, job: JobRecord) -> list[CheckpointRecord]:
         return _read_checkpoints(job, self.run_dir(job.id) / "output")
 
+    def read_results(self, job: JobRecord) -> bytes | None:
+        try:
+            return (self.run_dir(job.id) / "output" / "results.csv").read_bytes()
+        except FileNotFoundError:
+            return None
+
     def cancel(self, job: JobRecord) -> None:
         self._stop(job, "cancel")
 

@@ -33,8 +33,13 @@ def is_id(value: str, prefix: str) -> bool:
 
 
 def fine_tuned_model_name(base: str, project: str, suffix: str | None, job_id: str) -> str:
-    """``ft:{base}:{project}:{suffix}:{id}``, OpenAI's shape (an empty suffix stays empty)."""
-    return f"ft:{base}:{project}:{suffix or ''}:{job_id}"
+    """``ft:{base}:{project}:{suffix}:{id}``, OpenAI's shape (an empty suffix stays empty).
+
+    ``{base}`` is always the root catalog model: a model fine-tuned from ``ft:B:…`` (continued
+    training) is ``ft:B:…`` too, so names keep five parts and say which base serves them."""
+    parent = parse_fine_tuned_model(base)
+    root = parent["base"] if parent is not None else base
+    return f"ft:{root}:{project}:{suffix or ''}:{job_id}"
 
 
 def parse_fine_tuned_model(name: str) -> dict[str, str] | None:

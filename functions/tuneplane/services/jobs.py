@@ -29,14 +29,21 @@ from tuneplane.domain.records import CheckpointRecord, EventRecord, FileRecord, 
 from tuneplane.ports import Conflict, FileStore, JobStore
 
 _FORMAT_FOR_METHOD = {"supervised": "chat", "dpo": "dpo"}
+# Computes that run serverless on Azure ML (tuneplane.backends.azure_ml_jobs.SERVERLESS_ALIASES).
+_SERVERLESS_COMPUTE = frozenset({"serverless", "local", "auto"})
 
 
 class JobService:
-    def __init__(self, jobs: JobStore, files: FileStore, catalog: Catalog, *, min_examples: int = 10):
+    def __init__(self, jobs: JobStore, files: FileStore, catalog: Catalog, *, min_examples: int = 10,
+                 serverless_tier: str = "standard", instance_types: dict | None = None):
         self.jobs = jobs
         self.files = files
         self.catalog = catalog
         self.min_examples = min_examples
+        # What the estimate prices (tuneplane.wiring.estimate_options): the operator's price table,
+        # and the queue tier that serverless jobs will really run in.
+        self.serverless_tier = serverless_tier
+        self.instance_types = instance_types
         # Called after a job is created or a control action is recorded: the server nudges the
         # reconciler with it, so the move happens now instead of at the next interval.
         self.on_change = None
@@ -70,7 +77,10 @@ class JobService:
             compute=req.compute,
             deploy=req.deploy,
         )
-        record.estimate = estimate_for_job(record, training.bytes, validation.bytes if validation is not None else 0)
+        # A cluster's nodes are priced by the cluster (infra's lowPriority), not by the serverless tier.
+        tier = self.serverless_tier if record.compute in _SERVERLESS_COMPUTE else "standard"
+        record.estimate = estimate_for_job(record, training.bytes, validation.bytes if validation is not None else 0,
+                                           tier=tier, instance_types=self.instance_types)
         if req.dry_run:
             return record, False  # checked and estimated; nothing is stored
         job, created = self.jobs.create_job(record, idempotency_key=idempotency_key)

@@ -241,6 +241,20 @@ def test_chat_with_the_endpoint_key(ml, contents, azurite, scoring_server):  # n
     ml.online_endpoints.get_keys.assert_called_once_with("tuneplane-endpoint")
 
 
+def test_chat_with_an_azure_ml_token(ml, contents, azurite, scoring_server):  # noqa: F811
+    from azure.ai.ml.entities import EndpointAuthToken, ManagedOnlineEndpoint
+
+    # Infra's endpointAuthMode AMLToken reaches the control plane as aml_token (either spelling).
+    config = settings(azurite.connection_string, contents._container.container_name, endpoint_auth_mode="AMLToken")
+    deployer = AzureDeployer(ml, contents, config, retry=no_sleep_retry())
+    ml.online_endpoints.get.return_value = ManagedOnlineEndpoint(name="tuneplane-endpoint")
+    ml.online_endpoints.get.return_value._scoring_uri = scoring_server
+    ml.online_endpoints.get_keys.return_value = EndpointAuthToken(access_token="aml-tok")
+    status, _ = deployer.chat("proj-a", MODEL_A, {"messages": []})
+    assert status == 200 and _Scoring.calls[-1]["headers"]["Authorization"] == "Bearer aml-tok"
+    ml.online_endpoints.get_keys.assert_called_once_with("tuneplane-endpoint")
+
+
 def test_a_deployment_rejected_by_azure_fails_clearly(ml, deployer):
     ml.online_deployments.begin_create_or_update.side_effect = http_error(400, "UserError: instance type not allowed")
     with pytest.raises(PermanentBackendError) as caught:

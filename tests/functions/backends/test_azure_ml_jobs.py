@@ -22,7 +22,7 @@ from tests.functions.backends.azure_ml_fakes import (
     training_spec,
 )
 from tuneplane.backends.azure_ml import STATUS_MAP, AzureTrainingBackend, event_id
-from tuneplane.backends.azure_ml_jobs import COMMAND
+from tuneplane.backends.azure_ml_jobs import COMMAND, CONTINUED_COMMAND
 from tuneplane.ports import TrainingBackend
 from tuneplane.stores.azure_account import StorageAccount
 from tuneplane.stores.azure_blob import AzureBlobContentStore
@@ -113,6 +113,35 @@ def test_cluster_job_matches_golden_with_deepspeed_across_the_nodes_gpus(backend
     staged = json.loads(contents.read_bytes(f"tuneplane-runs/{job.id}/input/spec.json"))
     assert staged["distribution"] == {"type": "deepspeed", "zero_stage": 3, "num_processes": 4, "num_nodes": 1}
     assert staged["validation_file"] is None
+
+
+def test_continued_training_mounts_the_parent_adapter_as_a_second_input(backend, ml, contents, tmp_path):
+    # A job on an ft: adapter model: the reconciler's spec carries the parent's output as init_adapter.
+    parent_output = "azureml://jobs/ftjob-0005f1a2b3c4d5e6f7a8b9a0/outputs/model"
+    job = job_record(model="ft:SmolLM2-135M-Instruct:proj-a::ftjob-0005f1a2b3c4d5e6f7a8b9a0")
+    spec = {**training_spec(job, contents.uri("file-0005f1a2b3c4d5e6f7a8b9c1")), "init_adapter": parent_output}
+    assert backend.submit(job, spec) == job.id
+    entity = ml.jobs.create_or_update.call_args.args[0]
+    assert entity.command == CONTINUED_COMMAND == COMMAND + " --init-adapter ${{inputs.init_adapter}}"
+    adapter = entity.inputs["init_adapter"]
+    assert (adapter.path, adapter.type, adapter.mode) == (parent_output, "uri_folder", "ro_mount")
+    check_golden("continued_job.json", normalised(entity))
+    staged = json.loads(contents.read_bytes(f"tuneplane-runs/{job.id}/input/spec.json"))
+    assert staged["init_adapter"] == parent_output and staged["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # On the node, --init-adapter (the mount) replaces the URI; the staged spec then loads as usual.
+    from tuneplane_training.spec import load_spec
+
+    (tmp_path / "spec.json").write_text(json.dumps({**staged, "training_file": "t.jsonl", "validation_file": None}))
+    (tmp_path / "t.jsonl").write_text('{"messages": []}\n')
+    (tmp_path / "mnt").mkdir()
+    assert load_spec(tmp_path / "spec.json", init_adapter=str(tmp_path / "mnt")).init_adapter == str(tmp_path / "mnt")
+
+
+def test_a_job_without_init_adapter_has_no_adapter_input(backend, ml, contents):
+    job = job_record()
+    backend.submit(job, training_spec(job, contents.uri("file-0005f1a2b3c4d5e6f7a8b9c1")))
+    entity = ml.jobs.create_or_update.call_args.args[0]
+    assert set(entity.inputs) == {"spec"} and entity.command == COMMAND
 
 
 def test_a_large_full_fine_tune_spans_nodes_on_serverless(backend, ml, contents):

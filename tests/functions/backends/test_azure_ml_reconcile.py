@@ -122,3 +122,44 @@ def test_azure_unreachable_loses_nothing(plane):
     set_runs(ml, {})
     reconcile_once(context)
     ml.jobs.create_or_update.assert_called_once()
+
+
+def test_a_succeeded_job_gets_its_results_file_from_the_datastore(plane):
+    adapters, context, ml = plane
+    job = _queued_job(adapters, deploy=False)
+    reconcile_once(context)
+    results = b"step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n1,2.0,0.5,,\n2,1.5,0.6,1.7,0.55\n"
+    out = f"tuneplane-runs/{job.id}/model/"
+    adapters.contents.put_bytes(out + "results.csv", results)  # written by the run, on the datastore only
+    adapters.contents.put_bytes(out + "manifest.json", b'{"trained_tokens": 600}')
+    set_runs(ml, {job.id: "Completed"})
+    reconcile_once(context)
+    done = adapters.jobs.get_job("proj-a", job.id)
+    assert done.status == "succeeded" and len(done.result_files) == 1
+    record = adapters.files.get_file("proj-a", done.result_files[0])
+    assert record.purpose == "fine-tune-results" and record.bytes == len(results)
+    assert b"".join(adapters.contents.open_read(record.content_key)) == results
+    reconcile_once(context)  # a later pass (or a replay) adds nothing
+    assert adapters.jobs.get_job("proj-a", job.id).result_files == done.result_files
+
+
+def test_compute_gpu_and_cpu_name_the_clusters_infra_created(azurite):  # noqa: F811
+    from azure.ai.ml.entities import AmlCompute
+
+    azure = settings(azurite.connection_string, azurite.unique_name("c"), table_prefix=azurite.unique_name("t"),
+                     retry_budget_s=0.5, gpu_cluster="gpu-cluster", cpu_cluster="cpu-cluster")
+    adapters = build_azure_adapters(None, azure)
+    ml = mocked_ml_client()
+    set_runs(ml, {})
+    sizes = {"gpu-cluster": "Standard_NC4as_T4_v3", "cpu-cluster": "Standard_DS3_v2"}
+    ml.compute.get.side_effect = lambda name: AmlCompute(name=name, size=sizes[name], max_instances=1)
+    context = build_azure_context(None, adapters, azure=azure, ml_client=ml)
+    job = _queued_job(adapters, compute="gpu")
+    reconcile_once(context)
+    entity = ml.jobs.create_or_update.call_args.args[0]
+    assert entity.compute == "gpu-cluster"
+    ml.compute.get.assert_called_with("gpu-cluster")
+    other = _queued_job(adapters, id="ftjob-0005f1a2b3c4d5e6f7a8b9d0", compute="cpu")
+    reconcile_once(context)
+    assert ml.jobs.create_or_update.call_args.args[0].compute == "cpu-cluster"
+    assert {j.status for j in (adapters.jobs.get_job("proj-a", job.id), adapters.jobs.get_job("proj-a", other.id))} == {"queued"}

@@ -112,6 +112,9 @@ def test_run_to_success_with_events_checkpoints_and_progress(runner, ledger):
     assert checkpoints[0].fine_tuned_model_checkpoint == "ft:tiny-random-llama:default::ftjob-a:ckpt-step-2"
     spec_written = json.loads((r.run_dir(job.id) / "spec.json").read_text())
     assert spec_written["resume"] == "auto" and spec_written["job_id"] == job.id
+    # The reconciler takes the results file through the port, as it does from an Azure run.
+    assert r.read_results(job) == (r.run_dir(job.id) / "output" / "results.csv").read_bytes()
+    assert r.read_results(make_job("ftjob-never-run")) is None
     # Submitting a finished run again does nothing.
     r.submit(job, spec("steps=6"))
     assert [e["event"] for e in read_ledger(ledger)] == ["start", "end"]
