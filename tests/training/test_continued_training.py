@@ -132,8 +132,10 @@ def test_an_adapter_that_does_not_fit_is_refused_naming_the_field(tmp_path, adap
 
 def test_the_trainer_exits_2_for_a_misfit_adapter(tmp_path, adapter_a, tiny_model_dir):
     out = tmp_path / "out"
-    spec = _continue_spec(tmp_path, adapter_a, tiny_model_dir, **_misfit_parent(tmp_path, adapter_a, "other_base"))
-    proc = run_trainer(spec, out, timeout=180)
+    # The misfit comes through --init-adapter (how Azure ML passes its mount), replacing the spec's good one.
+    parent = _misfit_parent(tmp_path, adapter_a, "other_base")["init_adapter"]
+    proc = run_trainer(_continue_spec(tmp_path, adapter_a, tiny_model_dir), out, timeout=180,
+                       extra_args=["--init-adapter", parent])
     assert proc.returncode == 2, proc.stderr
     assert re.search(MISFITS["other_base"], proc.stderr), proc.stderr
     errors = [e for e in read_events(out) if e["level"] == "error"]

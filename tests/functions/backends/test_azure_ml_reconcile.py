@@ -159,7 +159,9 @@ def test_compute_gpu_and_cpu_name_the_clusters_infra_created(azurite):  # noqa: 
     entity = ml.jobs.create_or_update.call_args.args[0]
     assert entity.compute == "gpu-cluster"
     ml.compute.get.assert_called_with("gpu-cluster")
+    set_runs(ml, {job.id: "Queued"})  # the first job's run exists now: it is not submitted again
     other = _queued_job(adapters, id="ftjob-0005f1a2b3c4d5e6f7a8b9d0", compute="cpu")
     reconcile_once(context)
-    assert ml.jobs.create_or_update.call_args.args[0].compute == "cpu-cluster"
-    assert {j.status for j in (adapters.jobs.get_job("proj-a", job.id), adapters.jobs.get_job("proj-a", other.id))} == {"queued"}
+    created = {call.args[0].name: call.args[0].compute for call in ml.jobs.create_or_update.call_args_list}
+    assert created == {job.id: "gpu-cluster", other.id: "cpu-cluster"}
+    assert ml.jobs.create_or_update.call_count == 2
