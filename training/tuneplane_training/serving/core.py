@@ -170,7 +170,7 @@ class ScoringCore:
         return PreparedChat(request, prompt, self._max_new_tokens(request, prompt["input_ids"].shape[1]))
 
     def complete(self, prepared: PreparedChat) -> dict[str, Any]:
-        completion = _in_fresh_thread(lambda: self._generate(prepared))
+        completion = self._generate(prepared)
         return {
             "id": _completion_id(),
             "object": "chat.completion",
@@ -262,29 +262,6 @@ class ScoringCore:
                 code="context_length_exceeded",
             )
         return request.max_tokens or min(self.default_max_tokens, room)
-
-
-def _in_fresh_thread(work):
-    """Run ``work`` on a new thread and return its result (or raise its exception).
-
-    Measured on a 2-core machine shared with other processes: the same generate call ran up to 5x
-    slower on a long-lived thread (the main thread, or a reused pool thread) than on a fresh one,
-    all of it inside torch's CPU attention kernel. Streams already generate on a fresh thread.
-    """
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = work()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, name="tuneplane-generate")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def _same_files(left: Path, right: Path, names: tuple[str, ...]) -> bool:
