@@ -39,6 +39,11 @@ ROWS = [
 ]
 
 
+# The pause and crash tests must still be mid-training when they act, however fast the machine.
+PAUSE_EPOCHS = 16
+CRASH_EPOCHS = 16
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -225,7 +230,8 @@ def test_cancel_a_running_job(service):
 
 def test_pause_then_resume_continues_from_the_checkpoint(service):
     client = service.client
-    job = create(client, upload(client), n_epochs=2, batch_size=2, suffix="pause")
+    # Enough steps that the pause lands mid-run even on a fast, idle machine (10 rows, 5 steps an epoch).
+    job = create(client, upload(client), n_epochs=PAUSE_EPOCHS, batch_size=2, suffix="pause")
     wait_for(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data))
     client.fine_tuning.jobs.pause(job.id)
     wait_for(lambda: status(client, job.id) == "paused", timeout=120)
@@ -241,7 +247,7 @@ def test_pause_then_resume_continues_from_the_checkpoint(service):
     # The second attempt trained only the steps after the checkpoint.
     resumed_at = messages.index("Fine-tuning job resumed (attempt 2)")
     later_steps = [e.data["step"] for e in events[resumed_at:] if e.type == "metrics"]
-    assert later_steps and min(later_steps) == paused_step + 1 and max(later_steps) == 10
+    assert later_steps and min(later_steps) == paused_step + 1 and max(later_steps) == PAUSE_EPOCHS * 5
 
 
 def test_kill_9_of_the_server_mid_training_then_restart_finishes_exactly_once(tmp_path):
@@ -249,7 +255,7 @@ def test_kill_9_of_the_server_mid_training_then_restart_finishes_exactly_once(tm
     svc.start()
     try:
         client = svc.client
-        job = create(client, upload(client), n_epochs=2, batch_size=2, suffix="crash")
+        job = create(client, upload(client), n_epochs=CRASH_EPOCHS, batch_size=2, suffix="crash")
         wait_for(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data))
         most_alive = []
         stop_watching = threading.Event()
@@ -279,7 +285,7 @@ def test_kill_9_of_the_server_mid_training_then_restart_finishes_exactly_once(tm
         assert messages.count("The job has successfully completed") == 1
         assert messages.count("Fine-tuning job started") == 1
         steps = [e.data["step"] for e in events if e.type == "metrics"]
-        assert sorted(steps) == list(range(1, 11)), "every step trained exactly once"
+        assert sorted(steps) == list(range(1, CRASH_EPOCHS * 5 + 1)), "every step trained exactly once"
         assert json.loads((run / "output" / "manifest.json").read_text())
     finally:
         svc.stop()

@@ -27,3 +27,11 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert settings.home == tmp_path and settings.max_upload_bytes == 1234
     assert settings.catalog_names == ["a-model", "b-model"]
     assert settings.database_path == tmp_path / "tuneplane.db"
+
+
+def test_every_azure_setting_has_a_readme_row():
+    from tuneplane.backends.azure_config import ENV_PREFIX, AzureSettings
+
+    rows = set(re.findall(r"^\| `(TUNEPLANE_AZURE_[A-Z_]+)` \|", README.read_text(), re.M))
+    missing = [f"{ENV_PREFIX}{name.upper()}" for name in AzureSettings.model_fields if f"{ENV_PREFIX}{name.upper()}" not in rows]
+    assert not missing, f"add these to the README's Azure settings table: {missing}"
