@@ -17,6 +17,7 @@ class Adapters:
     contents: ContentStore
     closer: Any = None  # called on shutdown to release connections
     policies: Any = None  # tuneplane.retraining.PolicyStore; built by build_policy_store when unset
+    azure_ml: Any = None  # tuneplane.stores.azure.AzureML (Azure backend): the API and reconciler share it
 
     def close(self) -> None:
         if self.closer is not None:
@@ -85,35 +86,51 @@ def build_policy_store(settings: Settings, adapters: Adapters) -> Any:
 
 @dataclass
 class Serving:
-    """Local deployments, the model registry they read, and webhooks (with their delivery thread)."""
+    """Deployments, the model registry they read, and webhooks (with their delivery thread)."""
 
-    deployer: Any  # tuneplane.backends.local_deployer.LocalDeployer
-    registry: Any  # tuneplane.backends.local_registry.LocalModelRegistry
-    webhooks: Any  # tuneplane.webhooks.WebhookStore
+    deployer: Any  # LocalDeployer, or on Azure tuneplane.backends.azure_ml_deploy.AzureDeployer
+    registry: Any  # LocalModelRegistry, or on Azure AzureModelRegistry
+    webhooks: Any  # tuneplane.webhooks.WebhookStore, or on Azure stores.azure_webhooks.AzureWebhookStore
     dispatcher: Any  # tuneplane.webhooks.WebhookDispatcher
 
     def start(self) -> None:
-        self.deployer.recover()
+        # Only the local deployer owns processes to adopt and stop; Azure ML runs the deployments.
+        if hasattr(self.deployer, "recover"):
+            self.deployer.recover()
         self.dispatcher.start()
 
     def close(self) -> None:
         self.dispatcher.stop()
-        self.deployer.close()
+        if hasattr(self.deployer, "close"):
+            self.deployer.close()
         self.webhooks.close()
 
 
 def build_serving(settings: Settings, adapters: Adapters) -> Serving:
     """Also wraps ``adapters.jobs`` so that a job's terminal write queues its webhook event first;
     call it before anything else takes ``adapters.jobs``."""
-    from tuneplane.backends.local_deployer import LocalDeployer
-    from tuneplane.backends.local_registry import LocalModelRegistry
     from tuneplane.webhooks import WebhookDispatcher, WebhookJobStore, WebhookStore
 
-    webhooks = WebhookStore(settings.home / "webhooks.db")
+    if settings.backend == "azure":
+        # TUNEPLANE_HOME is ephemeral on a Function App: webhooks live in Table Storage.
+        from tuneplane.stores.azure_webhooks import AzureWebhookStore
+
+        webhooks: Any = AzureWebhookStore.from_settings()
+    else:
+        webhooks = WebhookStore(settings.home / "webhooks.db")
     inner = adapters.jobs.inner if isinstance(adapters.jobs, WebhookJobStore) else adapters.jobs
     dispatcher = WebhookDispatcher(webhooks, inner, retry_base_seconds=settings.webhook_retry_base_seconds,
                                    max_attempts=settings.webhook_max_attempts)
     adapters.jobs = WebhookJobStore(inner, webhooks, on_event=dispatcher.nudge)
+    if settings.backend == "azure":
+        # The managed online endpoint serves; no local inference process (and no torch) here.
+        from tuneplane.stores.azure import azure_ml_of
+
+        azure_ml = azure_ml_of(adapters)
+        return Serving(azure_ml.deployer, azure_ml.registry, webhooks, dispatcher)
+    from tuneplane.backends.local_deployer import LocalDeployer
+    from tuneplane.backends.local_registry import LocalModelRegistry
+
     deployer = LocalDeployer(settings.home / "deployments", device=settings.serving_device,
                              startup_timeout=settings.serving_startup_timeout)
     return Serving(deployer, LocalModelRegistry(settings.home / "registry"), webhooks, dispatcher)

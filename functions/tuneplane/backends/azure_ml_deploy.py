@@ -281,6 +281,18 @@ class AzureDeployer:
             return None
         return self._describe(model, name, deployment)
 
+    def list(self, project: str) -> list[dict[str, Any]]:
+        """This project's deployed models: every adapter of every tuneplane deployment on the endpoint."""
+        deployments = self.retry.call("list deployments", lambda: list(self.ml.online_deployments.list(self.endpoint)))
+        found = []
+        for deployment in deployments:
+            if not str(deployment.name).startswith("tp-"):
+                continue  # not one of ours (someone else's deployment on the endpoint)
+            for model in sorted(self._sources(deployment)):
+                if (parse_fine_tuned_model(model) or {}).get("project") == project:
+                    found.append(self._describe(model, deployment.name, deployment))
+        return found
+
     def undeploy(self, project: str, model: str) -> bool:
         base = self._base_of(project, model)
         if base is None:

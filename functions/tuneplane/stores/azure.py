@@ -61,22 +61,66 @@ class EveryCompute(Mapping):
         return 1
 
 
+class LazyMLClient:
+    """The workspace's MLClient, built on first use: the API starts (and answers everything but
+    deployments and chat) even when the Azure ML settings are missing; the first deployment call
+    then fails with BackendMisconfigured naming the setting (a 503)."""
+
+    def __init__(self, azure: AzureSettings) -> None:
+        self._azure = azure
+        self._client: Any = None
+
+    def resolve(self) -> Any:
+        if self._client is None:
+            self._client = self._azure.ml_client()
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.resolve(), name)
+
+
+class AzureML:
+    """One MLClient, model registry and deployer per control plane: the API's deployments and chat
+    and the reconciler's context share them (see ``azure_ml_of``)."""
+
+    def __init__(self, azure: AzureSettings, contents: Any, ml_client: Any = None, *, retry: Any = None,
+                 token_provider: Any = None) -> None:
+        from tuneplane.backends.azure_ml_deploy import AzureDeployer, AzureModelRegistry
+
+        self.azure = azure
+        self.ml = ml_client if ml_client is not None else LazyMLClient(azure)
+        self.registry = AzureModelRegistry(self.ml, azure, retry=retry)
+        self.deployer = AzureDeployer(self.ml, contents, azure, retry=retry, token_provider=token_provider)
+
+
+def azure_ml_of(adapters: Any, azure: AzureSettings | None = None, ml_client: Any = None) -> AzureML:
+    """The AzureML bundle kept on ``adapters`` (built on the first call; later calls share it)."""
+    if getattr(adapters, "azure_ml", None) is None:
+        adapters.azure_ml = AzureML(azure or AzureSettings(), adapters.contents, ml_client)
+    return adapters.azure_ml
+
+
 def build_azure_context(settings: Any, adapters: Any, azure: AzureSettings | None = None, ml_client: Any = None) -> Any:
     """The reconciler's context on Azure (the timer trigger and ``tuneplane serve`` with the
-    Azure backend both use it). ``ml_client`` is for tests, which pass a mocked one."""
+    Azure backend both use it). ``ml_client`` is for tests, which pass a mocked one. It deploys
+    through the same AzureDeployer as the API's /deployments and chat (``azure_ml_of``)."""
     from tuneplane.backends.azure_ml import AzureTrainingBackend
-    from tuneplane.backends.azure_ml_deploy import AzureDeployer, AzureModelRegistry
     from tuneplane.reconciler import ReconcileContext
 
-    azure = azure or AzureSettings()
-    ml = ml_client if ml_client is not None else azure.ml_client()
-    backend = AzureTrainingBackend(ml, adapters.contents, azure)
+    shared = getattr(adapters, "azure_ml", None)
+    if shared is None or (ml_client is not None and shared.ml is not ml_client) or (azure is not None and shared.azure is not azure):
+        shared = AzureML(azure or AzureSettings(), adapters.contents, ml_client)
+        adapters.azure_ml = shared
+    if isinstance(shared.ml, LazyMLClient):
+        shared.ml.resolve()  # the timer trigger reports a missing workspace setting now, as before
+    azure = shared.azure
+    backend = AzureTrainingBackend(shared.ml, adapters.contents, azure)
     return ReconcileContext(
         jobs=adapters.jobs,
         files=adapters.files,
         contents=adapters.contents,
         backends=EveryCompute(backend),
-        registry=AzureModelRegistry(ml, azure),
-        deployer=AzureDeployer(ml, adapters.contents, azure) if azure.endpoint else None,
+        registry=shared.registry,
+        deployer=shared.deployer if azure.endpoint else None,
         checkpoint_every_n_steps=getattr(settings, "checkpoint_every_n_steps", None),
     )
