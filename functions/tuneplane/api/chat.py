@@ -8,11 +8,20 @@ deployed ``ft:`` models and checkpoints; anything else, including another projec
 The control plane checks only what it needs to route (the body is a JSON object, ``model`` and
 ``messages`` are there); the inference process validates every sampling field and answers bad ones
 with a 400 naming ``param``, which passes through unchanged, as does the SSE stream.
+
+On the Azure backend (``TUNEPLANE_BACKEND=azure``) the model's managed online deployment answers,
+through ``AzureDeployer.chat`` (an Entra token or the endpoint key, never a local process). Only
+deployed ``ft:`` models are served there. Azure ML's scoring server answers one whole response per
+call, so for ``stream: true`` the deployment is called without streaming and its answer is sent as
+a valid SSE stream: one chunk per choice holding the whole message, a final chunk with each
+``finish_reason`` (then a usage chunk if ``stream_options.include_usage``), then ``[DONE]``.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Annotated, Any
 
 import httpx
@@ -26,7 +35,7 @@ from tuneplane.api.errors import ApiError, bad_request
 from tuneplane.api.schemas import ErrorResponse
 from tuneplane.backends.local_deployer import LocalDeployer
 from tuneplane.domain.catalog import Catalog
-from tuneplane.ports import BackendError
+from tuneplane.ports import BackendError, NotFound
 
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 # Generation on CPU can take minutes for long answers; connecting to a local process cannot.
@@ -40,6 +49,8 @@ class ChatRouting:
     def __init__(self, deployer: LocalDeployer, catalog: Catalog) -> None:
         self.deployer = deployer
         self.catalog = catalog
+        # The Azure deployer calls its endpoint itself (``chat``); the local one hands out a URL.
+        self.remote = callable(getattr(deployer, "chat", None))
 
     async def endpoint(self, project: str, model: str) -> str:
         try:
@@ -116,6 +127,8 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 async def _proxy(routing: ChatRouting, project: str, model: str, body: dict[str, Any]) -> Response:
+    if routing.remote:
+        return await _remote_chat(routing, project, model, body)
     url = await routing.endpoint(project, model)
     client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT)
     try:
@@ -163,3 +176,68 @@ async def _send(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> ht
 def _unavailable(model: str, exc: BackendError) -> ApiError:
     return ApiError(503, f"The deployment of '{model}' is not available: {exc.message}", type="server_error",
                     code=exc.code, headers={"Retry-After": "10"})
+
+
+# -- Azure: the managed online deployment answers ---------------------------------------------
+
+
+async def _remote_chat(routing: ChatRouting, project: str, model: str, body: dict[str, Any]) -> Response:
+    deployer = routing.deployer
+    try:
+        status = await run_in_threadpool(deployer.status, project, model)
+    except BackendError as exc:
+        raise _unavailable(model, exc) from exc
+    if status is None:
+        hint = (" On Azure only fine-tuned models are served; fine-tune it, then deploy the ft: model."
+                if model in routing.catalog else " Deploy it with POST /v1/deployments.")
+        raise ApiError(404, f"The model '{model}' does not exist or is not deployed.{hint}", param="model",
+                       code="model_not_found")
+    if status["status"] == "deploying":
+        raise ApiError(409, f"The model '{model}' is still being deployed; try again shortly.",
+                       param="model", code="deployment_in_progress", headers={"Retry-After": "30"})
+    if status["status"] != "ready":
+        raise ApiError(503, f"The deployment of '{model}' is {status['status']} (Azure ML state "
+                       f"{status.get('azure_state')}).", type="server_error", code="deployment_unavailable",
+                       param="model", headers={"Retry-After": "30"})
+    stream = body.get("stream") is True
+    options = body.get("stream_options") if stream else None
+    if stream:
+        body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    try:
+        code, payload = await run_in_threadpool(deployer.chat, project, model, body)
+    except NotFound as exc:
+        raise ApiError(404, f"The model '{model}' is not deployed.", param="model", code="model_not_found") from exc
+    except BackendError as exc:
+        raise _unavailable(model, exc) from exc
+    if code >= 500 or not isinstance(payload, dict):
+        raise ApiError(502, f"The deployment of '{model}' failed (HTTP {code}).", type="server_error",
+                       code="deployment_error")
+    if code != 200 or not stream:
+        return Response(json.dumps(payload), status_code=code, media_type="application/json")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return StreamingResponse(iter(_as_sse(payload, model, include_usage)), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+def _as_sse(completion: dict[str, Any], model: str, include_usage: bool) -> list[bytes]:
+    """A whole ``chat.completion`` as the chunks OpenAI would have streamed (see the docstring)."""
+    base = {"id": completion.get("id") or f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+            "created": completion.get("created") or int(time.time()), "model": completion.get("model") or model}
+    if completion.get("system_fingerprint"):
+        base["system_fingerprint"] = completion["system_fingerprint"]
+    choices = completion.get("choices") or []
+    chunks = []
+    for i, choice in enumerate(choices):
+        message = choice.get("message") or {}
+        delta = {"role": message.get("role", "assistant"), "content": message.get("content")}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": n, **call} for n, call in enumerate(message["tool_calls"])]
+        chunks.append({**base, "choices": [{"index": choice.get("index", i), "delta": delta, "logprobs": None,
+                                            "finish_reason": None}]})
+    chunks.append({**base, "choices": [{"index": choice.get("index", i), "delta": {}, "logprobs": None,
+                                        "finish_reason": choice.get("finish_reason") or "stop"}
+                                       for i, choice in enumerate(choices)]})
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": completion.get("usage")})
+    events = [f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode() for chunk in chunks]
+    return events + [b"data: [DONE]\n\n"]

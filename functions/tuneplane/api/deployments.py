@@ -39,12 +39,16 @@ def deployments_router(deployer: LocalDeployer, registry: ModelRegistry, catalog
     async def create_deployment(body: CreateDeploymentRequest, project: Project):
         model = body.model
         if model in catalog:
+            if not getattr(deployer, "serves_base_models", True):
+                raise ApiError(400, f"'{model}' is a base model: on this backend only fine-tuned (ft:) models are "
+                               "deployed.", param="model", code="invalid_value")
             base, source = model, ""
         else:
-            entry = await run_in_threadpool(registry.get, project, model)
+            entry = await run_in_threadpool(registry.get, project, model)  # a BackendError is a 503 (api.errors)
             if entry is None:
                 raise _missing(model)
-            base, source = entry["base_model"], entry["path"]
+            # The local registry names the adapter folder ``path``; Azure ML's its job output ``source_uri``.
+            base, source = entry["base_model"], entry.get("path") or entry["source_uri"]
         try:
             deployment = await run_in_threadpool(
                 lambda: deployer.deploy(project=project, model=model, base_model=base, source_uri=source)

@@ -135,6 +135,9 @@ class AzureModelRegistry:
 
 
 class AzureDeployer:
+    # The endpoint serves fine-tuned adapters only (each deployment is built from job outputs).
+    serves_base_models = False
+
     def __init__(self, ml_client: Any, contents: Any, settings: AzureSettings, *, retry: Retry | None = None,
                  token_provider: Any = None) -> None:
         self.ml = ml_client
