@@ -37,7 +37,9 @@ from tuneplane.backends.local_deployer import LocalDeployer
 from tuneplane.domain.catalog import Catalog
 from tuneplane.ports import BackendError, NotFound
 
-ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+# 503: the serving backend is unreachable or misconfigured (on Azure, error.param names the setting).
+ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+          503: {"model": ErrorResponse}}
 # Generation on CPU can take minutes for long answers; connecting to a local process cannot.
 UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 MAX_BODY_BYTES = 4 * 1024 * 1024

@@ -22,7 +22,9 @@ from tuneplane.backends.local_deployer import LocalDeployer
 from tuneplane.domain.catalog import Catalog
 from tuneplane.ports import BackendError, ModelRegistry
 
-ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+# 503: the serving backend is unreachable or misconfigured (on Azure, error.param names the setting).
+ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+          503: {"model": ErrorResponse}}
 ModelName = Annotated[str, Path(min_length=1, max_length=256)]
 
 
