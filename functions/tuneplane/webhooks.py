@@ -82,6 +82,15 @@ def event_id_for(project: str, job_id: str, event_type: str) -> str:
     return "evt_" + hashlib.sha256(f"{project}\n{job_id}\n{event_type}".encode()).hexdigest()[:32]
 
 
+def terminal_event(job: JobRecord) -> tuple[str, str, str]:
+    """``(event_type, event_id, payload)`` of a finished job's webhook event, the same in every outbox."""
+    event_type = event_type_for(job.status)
+    event_id = event_id_for(job.project, job.id, event_type)
+    payload = json.dumps({"id": event_id, "object": "event", "created_at": int(job.finished_at or time.time()),
+                          "type": event_type, "data": {"id": job.id}}, separators=(",", ":"))
+    return event_type, event_id, payload
+
+
 def secret_hint(secret: str) -> str:
     return f"whsec_****{secret[-4:]}"
 
@@ -159,11 +168,8 @@ class WebhookStore:
     def record_event(self, job: JobRecord) -> int:
         """Queue the job's terminal event for every subscribed endpoint; idempotent. Returns how many
         deliveries are new."""
-        event_type = event_type_for(job.status)
-        event_id = event_id_for(job.project, job.id, event_type)
+        event_type, event_id, payload = terminal_event(job)
         now = time.time()
-        payload = json.dumps({"id": event_id, "object": "event", "created_at": int(job.finished_at or now),
-                              "type": event_type, "data": {"id": job.id}}, separators=(",", ":"))
         added = 0
         with self._lock:
             endpoints = self._db.execute("SELECT id, event_types FROM webhook_endpoints WHERE project = ?",

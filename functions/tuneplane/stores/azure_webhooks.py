@@ -24,7 +24,7 @@ from tuneplane.domain.ids import new_id
 from tuneplane.domain.records import JobRecord
 from tuneplane.stores.azure_account import StorageAccount, storage_errors
 from tuneplane.stores.azure_tables import _check_key, _get, _is_conflict, _page, desc
-from tuneplane.webhooks import event_id_for, event_type_for, new_secret
+from tuneplane.webhooks import new_secret, terminal_event
 
 DELIVERIES = "deliveries"
 _DELIVERY_FIELDS = ("endpoint_id", "event_id", "project", "job_id", "event_type", "payload", "status", "attempts",
@@ -120,11 +120,8 @@ class AzureWebhookStore:
         deliveries are new."""
         from azure.core.exceptions import HttpResponseError
 
-        event_type = event_type_for(job.status)
-        event_id = event_id_for(job.project, job.id, event_type)
+        event_type, event_id, payload = terminal_event(job)
         now = time.time()
-        payload = json.dumps({"id": event_id, "object": "event", "created_at": int(job.finished_at or now),
-                              "type": event_type, "data": {"id": job.id}}, separators=(",", ":"))
         added = 0
         for endpoint in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": _pk(job.project)}):
             endpoint = _data(endpoint)

@@ -14,13 +14,12 @@ Check = Callable[[Props], "str | None"]
 _CHECKOV_ID = re.compile(r"^CKV2?_AZURE_\d+$")
 
 
-@dataclass(frozen=True)
-class Rule:
+class _NamesCheckov:
+    """What every rule shares: it must name the checkov check(s) it mirrors, in its description too."""
+
     name: str
     checkov_ids: tuple[str, ...]
-    resource_types: tuple[str, ...]
     summary: str
-    check: Check
 
     def __post_init__(self) -> None:
         if not self.checkov_ids or not all(_CHECKOV_ID.match(i) for i in self.checkov_ids):
@@ -33,6 +32,15 @@ class Rule:
     @property
     def description(self) -> str:
         return f"{self.checkov}: {self.summary}"
+
+
+@dataclass(frozen=True)
+class Rule(_NamesCheckov):
+    name: str
+    checkov_ids: tuple[str, ...]
+    resource_types: tuple[str, ...]
+    summary: str
+    check: Check
 
     def applies_to(self, resource_type: str) -> bool:
         return resource_type in self.resource_types
@@ -60,25 +68,13 @@ StackCheck = Callable[[Sequence[StackResource]], "list[tuple[str, str]]"]
 
 
 @dataclass(frozen=True)
-class StackRule:
+class StackRule(_NamesCheckov):
     """A rule that needs more than one resource (e.g. a workspace and its storage account)."""
 
     name: str
     checkov_ids: tuple[str, ...]
     summary: str
     check: StackCheck
-
-    def __post_init__(self) -> None:
-        if not self.checkov_ids or not all(_CHECKOV_ID.match(i) for i in self.checkov_ids):
-            raise ValueError(f"rule {self.name} must name its checkov check(s), got {self.checkov_ids}")
-
-    @property
-    def checkov(self) -> str:
-        return "/".join(self.checkov_ids)
-
-    @property
-    def description(self) -> str:
-        return f"{self.checkov}: {self.summary}"
 
     def validate_stack(self, resources: Sequence[StackResource]) -> list[tuple[str, str]]:
         return [(f"{self.checkov} ({self.name}): {problem}", urn) for problem, urn in self.check(resources)]
